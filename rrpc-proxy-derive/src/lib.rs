@@ -1,0 +1,1 @@
+//! Typed proxies (see issue "Typed proxies"); not yet implemented.
