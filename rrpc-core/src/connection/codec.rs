@@ -1,0 +1,229 @@
+//! Turning values into wire values and back, with the object tables.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::call::OutOp;
+use crate::error::{Error, ErrorKind, RemoteError};
+use crate::objects::object_key;
+use crate::proxy::{Proxy, ProxyInner};
+use crate::remote::Remote;
+use crate::value::Value;
+use crate::wire::{self, Message, Op, WireError, WireValue};
+
+use super::{Connection, Shared};
+
+/// Encodes values for one outgoing message, remembering which references it
+/// counted so they can be given back if the message is never sent.
+pub(super) struct Encoder<'s> {
+    shared: &'s Shared,
+    exported: Vec<u64>,
+}
+
+impl<'s> Encoder<'s> {
+    pub(super) fn new(shared: &'s Shared) -> Self {
+        Encoder {
+            shared,
+            exported: Vec::new(),
+        }
+    }
+
+    pub(super) fn value<'v>(&mut self, value: &'v Value) -> WireValue<'v> {
+        match value {
+            Value::Unit => WireValue::Unit,
+            Value::Bool(b) => WireValue::Bool(*b),
+            Value::Int(i) => WireValue::Int(*i),
+            Value::UInt(u) => WireValue::UInt(*u),
+            Value::Float(f) => WireValue::Float(*f),
+            Value::Str(s) => WireValue::Str(Cow::Borrowed(s)),
+            Value::Bytes(b) => WireValue::Bytes(Cow::Borrowed(b)),
+            Value::List(items) => WireValue::List(items.iter().map(|v| self.value(v)).collect()),
+            Value::Map(pairs) => WireValue::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (self.value(k), self.value(v)))
+                    .collect(),
+            ),
+            Value::Object(obj) => {
+                let id = self
+                    .shared
+                    .exports
+                    .export_with(object_key(obj), || obj.clone());
+                self.exported.push(id);
+                WireValue::SenderRef {
+                    id,
+                    type_name: Cow::Borrowed(obj.type_name()),
+                }
+            }
+            Value::Proxy(proxy)
+                if std::ptr::eq(Arc::as_ptr(&proxy.connection().shared), self.shared) =>
+            {
+                WireValue::ReceiverRef(proxy.id())
+            }
+            Value::Proxy(proxy) => {
+                // A proxy to a third party: export a forwarder, keyed by the
+                // proxy so the same one sent twice keeps its identity.
+                let key = Arc::as_ptr(&proxy.inner) as *const () as usize;
+                let id = self
+                    .shared
+                    .exports
+                    .export_with(key, || Arc::new(proxy.clone()) as Arc<dyn Remote>);
+                self.exported.push(id);
+                WireValue::SenderRef {
+                    id,
+                    type_name: Cow::Borrowed(proxy.type_name()),
+                }
+            }
+        }
+    }
+
+    /// Encodes `msg` into a frame no larger than the peer accepts.
+    pub(super) fn finish(mut self, msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+        let mut frame = Vec::new();
+        let size = wire::encode_into(msg, &mut frame).map_err(Error::Protocol)?;
+        if size > self.shared.peer_max_frame {
+            return Err(Error::FrameTooLarge {
+                size,
+                limit: self.shared.peer_max_frame,
+            });
+        }
+        self.exported.clear();
+        Ok(frame)
+    }
+}
+
+impl Drop for Encoder<'_> {
+    /// References counted for a message that was never encoded are given back.
+    fn drop(&mut self) {
+        for id in self.exported.drain(..) {
+            drop(self.shared.exports.release(id, 1));
+        }
+    }
+}
+
+fn timeout_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl Shared {
+    pub(super) fn encode_request(
+        &self,
+        id: u64,
+        target: u64,
+        timeout: Duration,
+        op: &OutOp,
+    ) -> Result<Vec<u8>, Error> {
+        let mut enc = Encoder::new(self);
+        let op = match op {
+            OutOp::Call { method, args } => Op::Call {
+                method: Cow::Borrowed(method),
+                args: args.iter().map(|v| enc.value(v)).collect(),
+            },
+            OutOp::Invoke { args } => Op::Invoke {
+                args: args.iter().map(|v| enc.value(v)).collect(),
+            },
+            OutOp::GetAttr { name } => Op::GetAttr {
+                name: Cow::Borrowed(name),
+            },
+            OutOp::SetAttr { name, value } => Op::SetAttr {
+                name: Cow::Borrowed(name),
+                value: enc.value(value),
+            },
+            OutOp::Dir => Op::Dir,
+        };
+        let msg = Message::Request {
+            id,
+            target,
+            timeout_ms: timeout_ms(timeout),
+            op,
+        };
+        enc.finish(&msg)
+    }
+
+    /// Encodes a reply; a result too large for the peer becomes an error reply.
+    pub(super) fn encode_reply(
+        &self,
+        id: u64,
+        result: &Result<Value, RemoteError>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut enc = Encoder::new(self);
+        let wire_result = match result {
+            Ok(v) => Ok(enc.value(v)),
+            Err(e) => Err(WireError::from(e)),
+        };
+        match enc.finish(&Message::Reply {
+            id,
+            result: wire_result,
+        }) {
+            Err(Error::FrameTooLarge { size, limit }) => {
+                let err = RemoteError::new(
+                    ErrorKind::Refused,
+                    format!("the result ({size} bytes encoded) exceeds the caller's frame limit of {limit} bytes"),
+                );
+                Encoder::new(self).finish(&Message::Reply {
+                    id,
+                    result: Err(WireError::from(&err)),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Turns a received wire value into a value, resolving references.
+    pub(super) fn decode_value(
+        &self,
+        conn: &Connection,
+        wire: WireValue<'_>,
+    ) -> Result<Value, RemoteError> {
+        Ok(match wire {
+            WireValue::Unit => Value::Unit,
+            WireValue::Bool(b) => Value::Bool(b),
+            WireValue::Int(i) => Value::Int(i),
+            WireValue::UInt(u) => Value::UInt(u),
+            WireValue::Float(f) => Value::Float(f),
+            WireValue::Str(s) => Value::Str(s.into_owned()),
+            WireValue::Bytes(b) => Value::Bytes(bytes::Bytes::from(b.into_owned())),
+            WireValue::List(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(|v| self.decode_value(conn, v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            WireValue::Map(pairs) => Value::Map(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| Ok((self.decode_value(conn, k)?, self.decode_value(conn, v)?)))
+                    .collect::<Result<_, RemoteError>>()?,
+            ),
+            WireValue::SenderRef { id, type_name } => {
+                let inner = self
+                    .imports
+                    .import(id, || ProxyInner::new(conn.clone(), id, &type_name));
+                Value::Proxy(Proxy::from_inner(inner))
+            }
+            WireValue::ReceiverRef(id) => match self.exports.get(id) {
+                Some(obj) => Value::Object(obj),
+                None => {
+                    return Err(RemoteError::new(
+                        ErrorKind::NoSuchObject,
+                        format!("object #{id} is not (or no longer) exported on this connection"),
+                    ))
+                }
+            },
+        })
+    }
+
+    pub(super) fn decode_values(
+        &self,
+        conn: &Connection,
+        wires: Vec<WireValue<'_>>,
+    ) -> Result<Vec<Value>, RemoteError> {
+        wires
+            .into_iter()
+            .map(|w| self.decode_value(conn, w))
+            .collect()
+    }
+}

@@ -1,0 +1,176 @@
+//! The reader and writer tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::LengthDelimitedCodec;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::wire::{self, DecodeLimits, Message};
+
+use super::Shared;
+
+/// Frames are copied into one buffer and written together up to this size.
+const COALESCE_BYTES: usize = 64 * 1024;
+/// At most this many (id, count) pairs go in one release message.
+const RELEASES_PER_MESSAGE: usize = 4096;
+/// How long the last frames (a goodbye) may take to leave once closing.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+pub(super) async fn read_loop<R>(shared: Arc<Shared>, reader: R)
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    let span = tracing::debug_span!("conn", id = shared.id, peer = %shared.peer);
+    async {
+        let mut frames = LengthDelimitedCodec::builder()
+            .big_endian()
+            .length_field_length(4)
+            .max_frame_length(shared.config.max_frame_len)
+            .new_read(reader);
+        let limits = DecodeLimits {
+            max_depth: shared.config.max_depth,
+            max_nodes: shared.config.max_nodes,
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shared.closed.cancelled() => break,
+                next = frames.next() => next,
+            };
+            let frame = match next {
+                Some(Ok(frame)) => frame,
+                None => {
+                    shared.close(Error::ConnectionLost(
+                        "the peer closed the connection".into(),
+                    ));
+                    break;
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let why = format!(
+                        "frame rejected: {e} (this side accepts at most {} bytes)",
+                        shared.config.max_frame_len
+                    );
+                    protocol_violation(&shared, &why);
+                    break;
+                }
+                Some(Err(e)) => {
+                    shared.close(Error::ConnectionLost(format!("read failed: {e}").into()));
+                    break;
+                }
+            };
+            match wire::decode(&frame, limits) {
+                Ok(msg) => {
+                    if let Err(why) = shared.handle_message(msg) {
+                        protocol_violation(&shared, &why);
+                        break;
+                    }
+                }
+                Err(why) => {
+                    protocol_violation(&shared, &why);
+                    break;
+                }
+            }
+        }
+        // The reader owns nothing else; dropping the stream half is enough.
+        drop(frames);
+        let _ = shared.tasks.close();
+    }
+    .instrument(span)
+    .await
+}
+
+/// The peer broke the protocol: tell it why and close.
+fn protocol_violation(shared: &Shared, why: &str) {
+    tracing::warn!(conn = shared.id, peer = %shared.peer, "protocol violation: {why}");
+    shared.shutdown(
+        &format!("protocol violation: {why}"),
+        Error::Protocol(format!("the peer sent a bad frame: {why}")),
+    );
+}
+
+pub(super) async fn write_loop<W>(
+    shared: Arc<Shared>,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    mut writer: W,
+) where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(COALESCE_BYTES);
+    let mut closing = false;
+    while !closing {
+        tokio::select! {
+            biased;
+            frame = frames.recv() => match frame {
+                Some(frame) => buf.extend_from_slice(&frame),
+                None => closing = true,
+            },
+            _ = shared.wake_writer.notified() => {}
+            _ = shared.closed.cancelled() => closing = true,
+        }
+        // Coalesce whatever else is queued into the same write.
+        while buf.len() < COALESCE_BYTES {
+            match frames.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if !closing {
+            shared.drain_control(&mut buf);
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let written = if closing {
+            tokio::time::timeout(FINAL_FLUSH, writer.write_all(&buf))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        } else {
+            tokio::select! {
+                r = writer.write_all(&buf) => r,
+                // Closed while the peer was not reading: give up on the rest.
+                _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        };
+        if let Err(e) = written {
+            shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
+            break;
+        }
+        buf.clear();
+        if buf.capacity() > 4 * COALESCE_BYTES {
+            buf.shrink_to(COALESCE_BYTES);
+        }
+    }
+    let _ = tokio::time::timeout(FINAL_FLUSH, writer.shutdown()).await;
+}
+
+impl Shared {
+    /// Appends queued cancels and releases to `buf` as messages.
+    fn drain_control(&self, buf: &mut Vec<u8>) {
+        let (cancels, releases) = {
+            let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            if control.cancels.is_empty() && control.releases.is_empty() {
+                return;
+            }
+            (
+                std::mem::take(&mut control.cancels),
+                std::mem::take(&mut control.releases),
+            )
+        };
+        for id in cancels {
+            // These messages are tiny and well-formed: encoding cannot fail.
+            let _ = wire::encode_into(&Message::Cancel { id }, buf);
+        }
+        for chunk in releases.chunks(RELEASES_PER_MESSAGE) {
+            let _ = wire::encode_into(
+                &Message::Release {
+                    refs: chunk.to_vec(),
+                },
+                buf,
+            );
+        }
+    }
+}

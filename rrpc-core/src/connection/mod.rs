@@ -1,0 +1,475 @@
+//! The symmetric connection engine.
+//!
+//! A connection is two tasks and a shared state. The *reader* decodes frames
+//! and routes them: replies to the waiting call, requests to a task of their
+//! own (so a slow call never stalls the connection), cancels and releases to
+//! the tables. The *writer* owns the socket's write half and coalesces queued
+//! frames, cancels and releases into few writes. Both sides of a link run the
+//! same engine; either may call the other at any time.
+
+mod codec;
+mod dispatch;
+mod io;
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::call::OutOp;
+use crate::config::Config;
+use crate::error::Error;
+use crate::handshake::handshake;
+use crate::objects::{ExportTable, ImportTable, ROOT_ID};
+use crate::proxy::{Proxy, ProxyInner};
+use crate::remote::Remote;
+use crate::value::Value;
+use crate::wire::Message;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A live connection to a peer. Cheap to clone; every clone and every proxy
+/// keeps it open. It closes when [`Connection::close`] is called, when the
+/// peer goes away, or when the last clone and proxy are dropped.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+    owner: Arc<Owner>,
+}
+
+/// Closes the connection when the last user-held handle goes.
+struct Owner {
+    shared: Weak<Shared>,
+    runtime: Mutex<Option<Runtime>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.shutdown("the peer dropped the connection", Error::Closed);
+        }
+        let runtime = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            // Never blocks, so it is safe even from one of the runtime's threads.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Work a sync context (a `Drop`) hands to the writer.
+#[derive(Default)]
+struct Control {
+    releases: Vec<(u64, u64)>,
+    cancels: Vec<u64>,
+}
+
+pub(crate) struct Shared {
+    id: u64,
+    peer: String,
+    pub(crate) config: Config,
+    /// The largest frame the peer accepts (from its greeting).
+    peer_max_frame: usize,
+    out: mpsc::Sender<Vec<u8>>,
+    control: Mutex<Control>,
+    wake_writer: Notify,
+    pending: DashMap<u64, oneshot::Sender<Result<Value, Error>>>,
+    next_request: AtomicU64,
+    pub(crate) exports: ExportTable,
+    imports: ImportTable,
+    running: DashMap<u64, CancellationToken>,
+    in_flight: Arc<Semaphore>,
+    closed: CancellationToken,
+    close_reason: OnceLock<Error>,
+    root: Arc<dyn Remote>,
+    serving: AtomicBool,
+    draining: AtomicBool,
+    runtime: Handle,
+    owner: OnceLock<Weak<Owner>>,
+    tasks: TaskTracker,
+    extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+/// Counters of one connection, for tests, monitoring and leak hunting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Local objects the peer holds proxies to.
+    pub exported_objects: usize,
+    /// Live proxies to the peer's objects.
+    pub proxies: usize,
+    /// Calls made by this side still waiting for a reply.
+    pub pending_calls: usize,
+    /// Requests from the peer being served.
+    pub running_requests: usize,
+}
+
+impl Connection {
+    /// Runs the handshake over a stream's two halves and starts the engine.
+    ///
+    /// `root` is what the peer reaches as `connection.root()` on its side;
+    /// `peer` names the peer in logs and errors. Must be called within a
+    /// tokio runtime; the connection's tasks run on it.
+    pub async fn establish<R, W>(
+        mut reader: R,
+        mut writer: W,
+        config: Config,
+        root: Arc<dyn Remote>,
+        peer: impl Into<String>,
+    ) -> Result<Connection, Error>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let peer = peer.into();
+        let hello = handshake(&mut reader, &mut writer, &config).await?;
+        let (out, out_rx) = mpsc::channel(config.write_queue.max(1));
+        let shared = Arc::new(Shared {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            peer,
+            peer_max_frame: hello.max_frame_len,
+            out,
+            control: Mutex::default(),
+            wake_writer: Notify::new(),
+            pending: DashMap::new(),
+            next_request: AtomicU64::new(1),
+            exports: ExportTable::default(),
+            imports: ImportTable::default(),
+            running: DashMap::new(),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            closed: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            root,
+            serving: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            runtime: Handle::current(),
+            owner: OnceLock::new(),
+            tasks: TaskTracker::new(),
+            extensions: Mutex::default(),
+            config,
+        });
+        let owner = Arc::new(Owner {
+            shared: Arc::downgrade(&shared),
+            runtime: Mutex::new(None),
+        });
+        // Set once, right here, before any task can read it.
+        let _ = shared.owner.set(Arc::downgrade(&owner));
+        let conn = Connection {
+            shared: shared.clone(),
+            owner,
+        };
+        tracing::debug!(conn = shared.id, peer = %shared.peer, "connection established");
+        shared.tasks.spawn(io::read_loop(shared.clone(), reader));
+        shared
+            .tasks
+            .spawn(io::write_loop(shared.clone(), out_rx, writer));
+        Ok(conn)
+    }
+
+    /// Establishes a connection over a TCP stream.
+    pub async fn over_tcp(
+        stream: tokio::net::TcpStream,
+        config: Config,
+        root: Arc<dyn Remote>,
+    ) -> Result<Connection, Error> {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "unknown peer".to_owned());
+        // Small messages dominate; never let Nagle hold them back.
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        Connection::establish(r, w, config, root, peer).await
+    }
+
+    /// A proxy to the peer's root object (its exported services).
+    pub fn root(&self) -> Proxy {
+        Proxy::from_inner(ProxyInner::new(self.clone(), ROOT_ID, "root"))
+    }
+
+    /// Who the peer is (its address, usually).
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// A number identifying this connection in logs.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The settings of this connection.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Closes the connection: the peer is told, pending calls fail with
+    /// [`Error::Closed`], and every object exported to the peer is released.
+    pub fn close(&self) {
+        self.shared
+            .shutdown("the peer closed the connection", Error::Closed);
+    }
+
+    /// Stops taking new requests from the peer, waits up to `grace` for the
+    /// running ones to finish, then closes.
+    pub async fn drain_and_close(&self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.shared.running.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shared
+            .shutdown("the server is shutting down", Error::Closed);
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Completes when the connection has closed, with the reason.
+    pub async fn closed(&self) -> Error {
+        self.shared.closed.cancelled().await;
+        self.shared.reason()
+    }
+
+    /// Waits until the connection's own tasks (reader, writer, requests) have
+    /// all ended; use after [`close`](Self::close) for a clean stop.
+    pub async fn join(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// Counters for tests and monitoring.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            exported_objects: self.shared.exports.len(),
+            proxies: self.shared.imports.len(),
+            pending_calls: self.shared.pending.len(),
+            running_requests: self.shared.running.len(),
+        }
+    }
+
+    /// The background serving handle (RPyC's `BgServingThread`).
+    ///
+    /// rrpc always serves in the background: replies, incoming requests and
+    /// async-result callbacks are handled by the connection's own tasks, so
+    /// no thread of yours has to poll. The handle lets you stop (and resume)
+    /// serving the peer's requests; replies to your own calls keep flowing.
+    pub fn bg_serving(&self) -> BgServing {
+        BgServing { conn: self.clone() }
+    }
+
+    /// Per-connection state of type `T`, created on first use. Services use
+    /// it for things like a working directory or a script scope.
+    pub fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = self
+            .shared
+            .extensions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>);
+        match entry.clone().downcast::<T>() {
+            Ok(state) => state,
+            // Entries are keyed by their own TypeId, so this cannot happen;
+            // a fresh value keeps the signature total.
+            Err(_) => Arc::new(T::default()),
+        }
+    }
+
+    /// Keeps `runtime` alive as long as the connection is referenced (the
+    /// blocking client's background runtime).
+    pub fn attach_runtime(&self, runtime: Runtime) {
+        *self.owner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+    }
+
+    /// The runtime the connection's tasks run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.shared.runtime
+    }
+
+    pub(crate) fn same_connection(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Controls whether the connection serves the peer's requests; see
+/// [`Connection::bg_serving`].
+#[derive(Debug, Clone)]
+pub struct BgServing {
+    conn: Connection,
+}
+
+impl BgServing {
+    /// Stops serving the peer's requests: they are refused with a clear error.
+    pub fn stop(&self) {
+        self.conn.shared.serving.store(false, Ordering::SeqCst);
+    }
+
+    /// Serves the peer's requests again.
+    pub fn resume(&self) {
+        self.conn.shared.serving.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the peer's requests are being served.
+    pub fn is_running(&self) -> bool {
+        self.conn.shared.serving.load(Ordering::SeqCst) && !self.conn.is_closed()
+    }
+}
+
+/// Removes a pending call when its future ends or is dropped; if the reply
+/// never came, tells the peer to cancel.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.remove(&self.id);
+        if !self.answered {
+            self.shared.send_cancel(self.id);
+        }
+    }
+}
+
+impl Shared {
+    /// The reason the connection closed (or `Closed` while it is open).
+    pub(crate) fn reason(&self) -> Error {
+        self.close_reason.get().cloned().unwrap_or(Error::Closed)
+    }
+
+    fn connection(&self) -> Option<Connection> {
+        let owner = self.owner.get()?.upgrade()?;
+        let shared = owner.shared.upgrade()?;
+        Some(Connection { shared, owner })
+    }
+
+    /// Makes a call and waits for its reply, its deadline or the connection's end.
+    pub(crate) async fn call(
+        &self,
+        target: u64,
+        op: OutOp,
+        timeout: Option<Duration>,
+    ) -> Result<Value, Error> {
+        if self.closed.is_cancelled() {
+            return Err(self.reason());
+        }
+        let timeout = timeout.unwrap_or(self.config.call_timeout);
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let frame = self.encode_request(id, target, timeout, &op)?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx);
+        let mut guard = PendingGuard {
+            shared: self,
+            id,
+            answered: false,
+        };
+        if self.closed.is_cancelled() {
+            guard.answered = true;
+            return Err(self.reason());
+        }
+        if self.out.send(frame).await.is_err() {
+            guard.answered = true;
+            return Err(self.reason());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => {
+                guard.answered = true;
+                result
+            }
+            Ok(Err(_)) => {
+                // The connection closed and dropped every pending sender.
+                guard.answered = true;
+                Err(self.reason())
+            }
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    fn send_cancel(&self, id: u64) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancels
+            .push(id);
+        self.wake_writer.notify_one();
+    }
+
+    /// A proxy's last clone went: forget it and release its references.
+    pub(crate) fn proxy_dropped(&self, id: u64, ptr: *const ProxyInner, refs: u64) {
+        self.imports.forget(id, ptr);
+        if refs == 0 || self.closed.is_cancelled() {
+            return;
+        }
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .releases
+            .push((id, refs));
+        self.wake_writer.notify_one();
+    }
+
+    /// Tells the peer why, then closes with `reason` for local callers.
+    pub(crate) fn shutdown(&self, told_peer: &str, reason: Error) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        let mut frame = Vec::new();
+        let goodbye = Message::Goodbye {
+            reason: told_peer.into(),
+        };
+        if crate::wire::encode_into(&goodbye, &mut frame).is_ok() {
+            // Best effort: a full queue means the peer is not reading anyway.
+            let _ = self.out.try_send(frame);
+        }
+        self.close(reason);
+    }
+
+    /// Marks the connection closed with `reason` (the first reason wins),
+    /// fails every pending call and releases everything the peer held.
+    pub(crate) fn close(&self, reason: Error) {
+        if self.close_reason.set(reason).is_err() {
+            return;
+        }
+        tracing::debug!(conn = self.id, peer = %self.peer, reason = %self.reason(), "connection closed");
+        self.closed.cancel();
+        // Dropping the senders fails each waiting call with the reason.
+        self.pending.clear();
+        // Running requests hold child tokens of `closed`: they stop now.
+        let released = self.exports.clear();
+        self.imports.clear();
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .releases
+            .clear();
+        drop(released);
+    }
+}

@@ -1,0 +1,447 @@
+//! What crosses the wire: messages, their values, and the codec.
+//!
+//! Every message is one frame: a 4-byte big-endian length, then the message
+//! encoded with bincode (standard configuration). Decoding borrows strings and
+//! bytes from the frame, so a length prefix can never make the decoder
+//! allocate more than the frame holds, and a thread-local budget bounds the
+//! nesting depth and the number of values in one message.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{ErrorKind, RemoteError};
+
+/// Version of the protocol spoken after the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One message between peers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message<'a> {
+    /// Run `op` on object `target` (0 is the peer's root) and reply with `id`.
+    Request {
+        /// Matches the reply to the call.
+        id: u64,
+        /// The object the operation applies to.
+        target: u64,
+        /// Milliseconds the caller will wait; 0 means no deadline.
+        timeout_ms: u64,
+        /// What to do.
+        #[serde(borrow)]
+        op: Op<'a>,
+    },
+    /// The outcome of request `id`.
+    Reply {
+        /// The request this answers.
+        id: u64,
+        /// The returned value or the error raised.
+        #[serde(borrow)]
+        result: Result<WireValue<'a>, WireError<'a>>,
+    },
+    /// The caller gave up on request `id`: stop working on it.
+    Cancel {
+        /// The request to cancel.
+        id: u64,
+    },
+    /// The sender dropped its proxies: (object id, references released) pairs.
+    Release {
+        /// Object ids and how many references to each were released.
+        refs: Vec<(u64, u64)>,
+    },
+    /// The sender is closing the connection, and why.
+    Goodbye {
+        /// Why the connection is closed.
+        #[serde(borrow)]
+        reason: Cow<'a, str>,
+    },
+}
+
+/// An operation on an object.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Op<'a> {
+    /// Call a method.
+    Call {
+        /// The method name.
+        #[serde(borrow)]
+        method: Cow<'a, str>,
+        /// Positional arguments.
+        #[serde(borrow)]
+        args: Vec<WireValue<'a>>,
+    },
+    /// Call the object itself (a function, closure or class).
+    Invoke {
+        /// Positional arguments.
+        #[serde(borrow)]
+        args: Vec<WireValue<'a>>,
+    },
+    /// Read an attribute.
+    GetAttr {
+        /// The attribute name.
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    },
+    /// Write an attribute.
+    SetAttr {
+        /// The attribute name.
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        /// The new value.
+        #[serde(borrow)]
+        value: WireValue<'a>,
+    },
+    /// List the object's members.
+    Dir,
+}
+
+impl Op<'_> {
+    /// A short description for logs: `call f`, `getattr t`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Call { method, .. } => format!("call {method}"),
+            Op::Invoke { .. } => "invoke".to_owned(),
+            Op::GetAttr { name } => format!("getattr {name}"),
+            Op::SetAttr { name, .. } => format!("setattr {name}"),
+            Op::Dir => "dir".to_owned(),
+        }
+    }
+}
+
+/// A value on the wire. Object references are named from the sender's side.
+#[derive(Debug, Serialize)]
+pub enum WireValue<'a> {
+    /// Nothing.
+    Unit,
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer above `i64::MAX`.
+    UInt(u64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(Cow<'a, str>),
+    /// Bytes.
+    Bytes(#[serde(with = "serde_bytes")] Cow<'a, [u8]>),
+    /// A list.
+    List(Vec<WireValue<'a>>),
+    /// A map as pairs.
+    Map(Vec<(WireValue<'a>, WireValue<'a>)>),
+    /// An object owned by the sender; the receiver holds a proxy to it.
+    SenderRef {
+        /// The sender's object id.
+        id: u64,
+        /// The object's type name, for display.
+        type_name: Cow<'a, str>,
+    },
+    /// An object owned by the receiver (a proxy coming home).
+    ReceiverRef(u64),
+}
+
+/// The same shape as [`WireValue`], derived for decoding; [`WireValue`]'s own
+/// `Deserialize` wraps it to enforce the decode budget at every level.
+#[derive(Deserialize)]
+#[serde(rename = "WireValue")]
+enum WireValueRepr<'a> {
+    Unit,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Bytes(#[serde(with = "serde_bytes", borrow)] Cow<'a, [u8]>),
+    List(#[serde(borrow)] Vec<WireValue<'a>>),
+    Map(#[serde(borrow)] Vec<(WireValue<'a>, WireValue<'a>)>),
+    SenderRef {
+        id: u64,
+        #[serde(borrow)]
+        type_name: Cow<'a, str>,
+    },
+    ReceiverRef(u64),
+}
+
+impl<'a> From<WireValueRepr<'a>> for WireValue<'a> {
+    fn from(repr: WireValueRepr<'a>) -> Self {
+        match repr {
+            WireValueRepr::Unit => WireValue::Unit,
+            WireValueRepr::Bool(b) => WireValue::Bool(b),
+            WireValueRepr::Int(i) => WireValue::Int(i),
+            WireValueRepr::UInt(u) => WireValue::UInt(u),
+            WireValueRepr::Float(f) => WireValue::Float(f),
+            WireValueRepr::Str(s) => WireValue::Str(s),
+            WireValueRepr::Bytes(b) => WireValue::Bytes(b),
+            WireValueRepr::List(l) => WireValue::List(l),
+            WireValueRepr::Map(m) => WireValue::Map(m),
+            WireValueRepr::SenderRef { id, type_name } => WireValue::SenderRef { id, type_name },
+            WireValueRepr::ReceiverRef(id) => WireValue::ReceiverRef(id),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let _level = Budget::enter().map_err(serde::de::Error::custom)?;
+        WireValueRepr::deserialize(deserializer).map(WireValue::from)
+    }
+}
+
+/// A [`RemoteError`] on the wire; the kind travels as its name, so kinds this
+/// version does not know arrive as [`ErrorKind::Custom`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireError<'a> {
+    /// The kind's name.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// The message.
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+    /// Context lines, innermost first.
+    #[serde(borrow)]
+    pub context: Vec<Cow<'a, str>>,
+}
+
+impl<'a> From<&'a RemoteError> for WireError<'a> {
+    fn from(err: &'a RemoteError) -> Self {
+        let kind = match &err.kind {
+            ErrorKind::Custom(k) => Cow::Borrowed(k.as_str()),
+            other => Cow::Owned(other.to_string()),
+        };
+        WireError {
+            kind,
+            message: Cow::Borrowed(&err.message),
+            context: err
+                .context
+                .iter()
+                .map(|c| Cow::Borrowed(c.as_str()))
+                .collect(),
+        }
+    }
+}
+
+impl From<WireError<'_>> for RemoteError {
+    fn from(err: WireError<'_>) -> Self {
+        let kind = match &*err.kind {
+            "NoSuchMethod" => ErrorKind::NoSuchMethod,
+            "NoSuchAttribute" => ErrorKind::NoSuchAttribute,
+            "NoSuchObject" => ErrorKind::NoSuchObject,
+            "BadArgument" => ErrorKind::BadArgument,
+            "NotCallable" => ErrorKind::NotCallable,
+            "ReadOnly" => ErrorKind::ReadOnly,
+            "Timeout" => ErrorKind::Timeout,
+            "Cancelled" => ErrorKind::Cancelled,
+            "Refused" => ErrorKind::Refused,
+            "ConnectionLost" => ErrorKind::ConnectionLost,
+            "NotExposed" => ErrorKind::NotExposed,
+            "NotFound" => ErrorKind::NotFound,
+            "PermissionDenied" => ErrorKind::PermissionDenied,
+            "Io" => ErrorKind::Io,
+            "Protocol" => ErrorKind::Protocol,
+            "Internal" => ErrorKind::Internal,
+            other => ErrorKind::Custom(other.to_owned()),
+        };
+        let mut remote = RemoteError::new(kind, err.message.into_owned());
+        remote.context = err.context.into_iter().map(Cow::into_owned).collect();
+        remote
+    }
+}
+
+/// Limits applied while decoding one message.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Deepest nesting of values.
+    pub max_depth: u32,
+    /// Most values in the message.
+    pub max_nodes: u32,
+}
+
+thread_local! {
+    /// (depth left, nodes left) for the message being decoded on this thread.
+    static BUDGET: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// One level of nesting charged against the decode budget; dropping it gives
+/// the level back (nodes are never given back).
+struct Budget;
+
+impl Budget {
+    fn enter() -> Result<Budget, &'static str> {
+        BUDGET.with(|b| {
+            let (depth, nodes) = b.get();
+            if depth == 0 {
+                return Err("value nested too deeply");
+            }
+            if nodes == 0 {
+                return Err("too many values in one message");
+            }
+            b.set((depth - 1, nodes - 1));
+            Ok(Budget)
+        })
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        BUDGET.with(|b| {
+            let (depth, nodes) = b.get();
+            b.set((depth + 1, nodes));
+        });
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// Encodes `msg` as one frame (length prefix included) appended to `out`.
+///
+/// Returns the size of the message without its prefix.
+pub fn encode_into(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<usize, String> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    bincode::serde::encode_into_std_write(msg, out, bincode_config())
+        .map_err(|e| format!("cannot encode message: {e}"))?;
+    let len = out.len() - start - 4;
+    let prefix = u32::try_from(len).map_err(|_| format!("message of {len} bytes is too large"))?;
+    out[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
+    Ok(len)
+}
+
+/// Decodes one message from a frame's payload (without its length prefix).
+pub fn decode(payload: &[u8], limits: DecodeLimits) -> Result<Message<'_>, String> {
+    BUDGET.with(|b| b.set((limits.max_depth, limits.max_nodes)));
+    let decoded =
+        bincode::serde::borrow_decode_from_slice::<Message<'_>, _>(payload, bincode_config());
+    BUDGET.with(|b| b.set((0, 0)));
+    match decoded {
+        Ok((msg, used)) if used == payload.len() => Ok(msg),
+        Ok((_, used)) => Err(format!(
+            "malformed frame: {} trailing bytes after the message",
+            payload.len() - used
+        )),
+        Err(e) => Err(format!("malformed frame: {e}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_depth: 16,
+        max_nodes: 1000,
+    };
+
+    fn roundtrip(msg: &Message<'_>) -> String {
+        let mut buf = Vec::new();
+        let len = encode_into(msg, &mut buf).unwrap();
+        assert_eq!(buf.len(), len + 4);
+        assert_eq!(
+            u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize,
+            len
+        );
+        format!("{:?}", decode(&buf[4..], LIMITS).unwrap())
+    }
+
+    #[test]
+    fn request_roundtrips() {
+        let msg = Message::Request {
+            id: 7,
+            target: 3,
+            timeout_ms: 30_000,
+            op: Op::Call {
+                method: "f".into(),
+                args: vec![
+                    WireValue::Int(-3),
+                    WireValue::Str("héllo".into()),
+                    WireValue::Bytes(Cow::Borrowed(b"\0\x01")),
+                    WireValue::List(vec![WireValue::Unit, WireValue::Float(1.5)]),
+                    WireValue::SenderRef {
+                        id: 9,
+                        type_name: "MyClass".into(),
+                    },
+                ],
+            },
+        };
+        assert_eq!(roundtrip(&msg), format!("{msg:?}"));
+    }
+
+    #[test]
+    fn error_kinds_survive_and_unknown_kinds_become_custom() {
+        let err = RemoteError::no_such_method("MyClass", "g").context("in MyClass");
+        let wire = WireError::from(&err);
+        assert_eq!(RemoteError::from(wire), err);
+        let unknown = WireError {
+            kind: "FromTheFuture".into(),
+            message: "m".into(),
+            context: vec![],
+        };
+        assert_eq!(
+            RemoteError::from(unknown).kind,
+            ErrorKind::Custom("FromTheFuture".into())
+        );
+    }
+
+    fn nested(depth: usize) -> WireValue<'static> {
+        let mut v = WireValue::Unit;
+        for _ in 0..depth {
+            v = WireValue::List(vec![v]);
+        }
+        v
+    }
+
+    fn encode_reply(value: WireValue<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_into(
+            &Message::Reply {
+                id: 1,
+                result: Ok(value),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = encode_reply(nested(15));
+        assert!(decode(&ok[4..], LIMITS).is_ok());
+        let deep = encode_reply(nested(16));
+        let err = decode(&deep[4..], LIMITS).unwrap_err();
+        assert!(err.contains("nested too deeply"), "{err}");
+    }
+
+    #[test]
+    fn node_count_is_bounded() {
+        let wide = encode_reply(WireValue::List((0..1000).map(WireValue::Int).collect()));
+        let err = decode(&wide[4..], LIMITS).unwrap_err();
+        assert!(err.contains("too many values"), "{err}");
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // A Reply whose string claims 2^62 bytes: must fail on the short frame.
+        let mut buf = encode_reply(WireValue::Str("abc".into()));
+        let payload = &mut buf[4..];
+        // Reply tag, id, Ok tag, Str tag, then the varint length (3): patch it
+        // to the 9-byte varint form of a huge number.
+        let pos = payload.iter().position(|&b| b == 3).unwrap();
+        let mut evil = payload[..pos].to_vec();
+        evil.push(253); // u64 varint marker
+        evil.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        evil.extend_from_slice(b"abc");
+        assert!(decode(&evil, LIMITS).is_err());
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_rejected() {
+        assert!(decode(&[0xff, 0xff, 0xff], LIMITS).is_err());
+        let mut buf = Vec::new();
+        encode_into(&Message::Cancel { id: 1 }, &mut buf).unwrap();
+        buf.push(0);
+        let err = decode(&buf[4..], LIMITS).unwrap_err();
+        assert!(err.contains("trailing"), "{err}");
+    }
+}
