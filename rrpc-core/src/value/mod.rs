@@ -150,9 +150,7 @@ impl PartialEq for Value {
             (Bytes(a), Bytes(b)) => a == b,
             (List(a), List(b)) => a == b,
             (Map(a), Map(b)) => a == b,
-            (Object(a), Object(b)) => {
-                std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
-            }
+            (Object(a), Object(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
             (Proxy(a), Proxy(b)) => a.same_object(b),
             _ => false,
         }
