@@ -112,6 +112,22 @@ impl Value {
         }
     }
 
+    /// The proxy inside, or an error naming what the value is instead.
+    pub fn into_proxy(self) -> Result<Proxy, ValueError> {
+        match self {
+            Value::Proxy(p) => Ok(p),
+            other => Err(ValueError(format!(
+                "expected a remote object, got {} {other:?}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Converts this value into a Rust type (see [`from_value`]).
+    pub fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, ValueError> {
+        from_value(self)
+    }
+
     /// Looks a string key up in a map value.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {

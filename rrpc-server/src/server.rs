@@ -1,0 +1,258 @@
+//! The accept loop and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use rrpc_core::{Config, Connection, Remote};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// An rrpc server: what it exports (its root object) and how it serves.
+#[derive(Clone)]
+pub struct Server {
+    root: Arc<dyn Remote>,
+    config: Config,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("root", &self.root.type_name())
+            .field("config", &self.config)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server exporting `root` (usually a [`Namespace`](rrpc_core::Namespace)).
+    pub fn new(root: impl Remote) -> Server {
+        Server::from_arc(Arc::new(root))
+    }
+
+    /// A server exporting an already shared root.
+    pub fn from_arc(root: Arc<dyn Remote>) -> Server {
+        Server {
+            root,
+            config: Config::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the per-connection settings.
+    pub fn with_config(mut self, config: Config) -> Server {
+        self.config = config;
+        self
+    }
+
+    /// Sets how long shutdown waits for in-flight calls (default 10 s).
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Server {
+        self.grace = grace;
+        self
+    }
+
+    /// Binds the listening socket (`port 0` picks a free port).
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> std::io::Result<Listening> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Listening {
+            listener,
+            server: self,
+            handle: ServerHandle {
+                local_addr,
+                shutdown: CancellationToken::new(),
+                connections: Arc::new(DashMap::new()),
+            },
+        })
+    }
+}
+
+/// Counters of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Open connections.
+    pub connections: usize,
+    /// Objects held by clients through proxies, over all connections.
+    pub live_objects: usize,
+    /// Requests being served, over all connections.
+    pub running_requests: usize,
+}
+
+/// A handle to a running server: its address, its counters, and its stop switch.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    connections: Arc<DashMap<u64, Connection>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts a graceful shutdown: no new connections or calls; in-flight
+    /// calls finish (up to the grace period), then connections close.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = ServerStats {
+            connections: 0,
+            live_objects: 0,
+            running_requests: 0,
+        };
+        for conn in self.connections.iter() {
+            let s = conn.value().stats();
+            stats.connections += 1;
+            stats.live_objects += s.exported_objects;
+            stats.running_requests += s.running_requests;
+        }
+        stats
+    }
+}
+
+/// A bound server, ready to serve.
+#[derive(Debug)]
+pub struct Listening {
+    listener: TcpListener,
+    server: Server,
+    handle: ServerHandle,
+}
+
+impl Listening {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr
+    }
+
+    /// A handle for stats and shutdown.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `signal` completes or [`ServerHandle::shutdown`] is
+    /// called, then shuts down gracefully and returns.
+    pub async fn serve_until(self, signal: impl Future) {
+        let shutdown = self.handle.shutdown.clone();
+        let serve = self.serve();
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => return,
+            _ = signal => shutdown.cancel(),
+        }
+        serve.await;
+    }
+
+    /// Serves until [`ServerHandle::shutdown`] is called, then shuts down
+    /// gracefully and returns.
+    pub async fn serve(self) {
+        let Listening {
+            listener,
+            server,
+            handle,
+        } = self;
+        let tasks = TaskTracker::new();
+        tracing::info!(addr = %handle.local_addr, "serving");
+        loop {
+            let accepted = tokio::select! {
+                _ = handle.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let server = server.clone();
+                    let handle = handle.clone();
+                    let span = tracing::info_span!("client", %peer);
+                    tasks.spawn(serve_connection(server, handle, stream).instrument(span));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            "shutting down: draining {} connection(s)",
+            handle.connections.len()
+        );
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("stopped");
+    }
+
+    /// Runs the server on a task of its own; for tests and embedding.
+    pub fn spawn(self) -> RunningServer {
+        let handle = self.handle();
+        let task = tokio::spawn(self.serve());
+        RunningServer {
+            handle,
+            task: Some(task),
+        }
+    }
+}
+
+async fn serve_connection(server: Server, handle: ServerHandle, stream: tokio::net::TcpStream) {
+    let conn = match Connection::over_tcp(stream, server.config.clone(), server.root.clone()).await
+    {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!("connection refused: {e}");
+            return;
+        }
+    };
+    tracing::debug!("connected");
+    handle.connections.insert(conn.id(), conn.clone());
+    tokio::select! {
+        reason = conn.closed() => tracing::debug!("disconnected: {reason}"),
+        _ = handle.shutdown.cancelled() => conn.drain_and_close(server.grace).await,
+    }
+    handle.connections.remove(&conn.id());
+    conn.join().await;
+}
+
+/// A server running on its own task.
+#[derive(Debug)]
+pub struct RunningServer {
+    handle: ServerHandle,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// A handle for stats and shutdown.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr
+    }
+
+    /// Shuts down gracefully and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        self.handle.shutdown();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // Dropping the handle stops the server (graceful, not awaited).
+        self.handle.shutdown();
+    }
+}
