@@ -76,11 +76,10 @@ impl Proxy {
         &self.inner.type_name
     }
 
-    /// Whether two proxies refer to the same remote object.
+    /// Whether two proxies refer to the same remote object. A connection
+    /// keeps one live proxy per remote object, so this is handle identity.
     pub fn same_object(&self, other: &Proxy) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-            || (self.inner.id == other.inner.id
-                && self.inner.conn.same_connection(&other.inner.conn))
     }
 
     fn op(&self, op: OutOp) -> Call {

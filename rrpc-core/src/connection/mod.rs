@@ -299,10 +299,6 @@ impl Connection {
     pub fn runtime(&self) -> &Handle {
         &self.shared.runtime
     }
-
-    pub(crate) fn same_connection(&self, other: &Connection) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
-    }
 }
 
 impl fmt::Debug for Connection {
