@@ -118,6 +118,8 @@ pub(super) async fn write_loop<W>(
                 Err(_) => break,
             }
         }
+        // Closed meanwhile: write what is queued (a goodbye) as the last flush.
+        closing |= shared.closed.is_cancelled();
         if !closing {
             shared.drain_control(&mut buf);
         }

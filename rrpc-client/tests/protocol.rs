@@ -1,0 +1,207 @@
+//! Bad peers: malformed frames, other protocols, other versions, silence.
+//! The server answers each clearly and keeps serving everyone else.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, within};
+use rrpc_client::{Config, ConnectOptions, Error};
+use rrpc_core::wire::{self, DecodeLimits, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_depth: 64,
+    max_nodes: 10_000,
+};
+
+fn hello(version: u16) -> Vec<u8> {
+    let mut h = b"rRPC".to_vec();
+    h.extend_from_slice(&version.to_be_bytes());
+    h.extend_from_slice(&0u16.to_be_bytes());
+    h.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    h
+}
+
+/// Connects raw, greets, and returns the stream after the server's greeting.
+async fn raw_session(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello(1)).await.unwrap();
+    let mut theirs = [0u8; 12];
+    s.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(&theirs[..4], b"rRPC");
+    s
+}
+
+/// Reads frames until EOF and returns the goodbye reason, if one came.
+async fn goodbye_reason(s: &mut TcpStream) -> Option<String> {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let mut at = 0;
+    while at + 4 <= rest.len() {
+        let len = u32::from_be_bytes(rest[at..at + 4].try_into().unwrap()) as usize;
+        let payload = &rest[at + 4..at + 4 + len];
+        if let Ok(Message::Goodbye { reason }) = wire::decode(payload, LIMITS) {
+            return Some(reason.into_owned());
+        }
+        at += 4 + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_malformed_frame_is_refused_and_other_clients_keep_working() {
+    within(20, async {
+        let t = start().await;
+        let good = rrpc_client::connect(&t.addr).await.unwrap();
+        let obj = good
+            .root()
+            .call("MyClass", (0,))
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        let slow = obj.call_async("f", (41,));
+
+        let mut bad = raw_session(&t.addr).await;
+        bad.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
+            .await
+            .unwrap();
+        let reason = goodbye_reason(&mut bad)
+            .await
+            .expect("a goodbye naming the cause");
+        assert!(
+            reason.contains("protocol violation") && reason.contains("malformed"),
+            "{reason}"
+        );
+
+        // A frame claiming to be huge is refused before it is read.
+        let mut huge = raw_session(&t.addr).await;
+        huge.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let reason = goodbye_reason(&mut huge)
+            .await
+            .expect("a goodbye naming the cause");
+        assert!(reason.contains("accepts at most"), "{reason}");
+
+        // A well-formed request for an object that does not exist.
+        let mut stray = raw_session(&t.addr).await;
+        let mut frame = Vec::new();
+        wire::encode_into(
+            &Message::Request {
+                id: 1,
+                target: 999,
+                timeout_ms: 1000,
+                op: wire::Op::Dir,
+            },
+            &mut frame,
+        )
+        .unwrap();
+        stray.write_all(&frame).await.unwrap();
+        let mut len = [0u8; 4];
+        stray.read_exact(&mut len).await.unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+        stray.read_exact(&mut payload).await.unwrap();
+        match wire::decode(&payload, LIMITS).unwrap() {
+            Message::Reply {
+                id: 1,
+                result: Err(e),
+            } => assert_eq!(e.kind, "NoSuchObject"),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // The well-behaved client never noticed.
+        assert_eq!(slow.await.unwrap().as_i64(), Some(42));
+        assert_eq!(obj.call("f", (1,)).await.unwrap().as_i64(), Some(2));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deeply_nested_values_are_refused() {
+    within(20, async {
+        let t = start().await;
+        let good = rrpc_client::connect(&t.addr).await.unwrap();
+        let mut v = rrpc_client::Value::Unit;
+        for _ in 0..500 {
+            v = rrpc_client::Value::List(vec![v]);
+        }
+        let err = good.root().call("echo", (v,)).await.unwrap_err();
+        // The server drops a connection that breaks its limits, saying why.
+        assert!(err.is_connection_lost(), "{err}");
+        assert!(err.to_string().contains("nested too deeply"), "{err}");
+        let again = rrpc_client::connect(&t.addr).await.unwrap();
+        assert_eq!(
+            again.root().call("add1", (1,)).await.unwrap().as_i64(),
+            Some(2)
+        );
+    })
+    .await
+}
+
+async fn fake_server(greeting: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let _ = s.write_all(greeting).await;
+        // Keep the socket open so only the greeting tells.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_rrpc_is_named_as_such() {
+    within(20, async {
+        let addr = fake_server(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+        let err = rrpc_client::connect(&addr).await.unwrap_err();
+        assert!(matches!(err, Error::Handshake(_)), "{err}");
+        assert!(err.to_string().contains("does not speak rrpc"), "{err}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_peer_speaking_another_version_is_refused() {
+    within(20, async {
+        let addr = fake_server(b"rRPC\x00\x63\x00\x00\x00\x10\x00\x00").await;
+        let err = rrpc_client::connect(&addr).await.unwrap_err();
+        assert!(err.to_string().contains("version mismatch"), "{err}");
+        assert!(err.to_string().contains("version 99"), "{err}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_peer_fails_the_handshake_by_its_deadline() {
+    within(20, async {
+        let addr = fake_server(b"").await;
+        let options = ConnectOptions::default()
+            .config(Config::default().with_handshake_timeout(Duration::from_millis(300)));
+        let err = rrpc_client::connect_with(&addr, options).await.unwrap_err();
+        assert!(err.to_string().contains("no rrpc greeting"), "{err}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_server_drops_a_client_that_never_greets() {
+    within(20, async {
+        let listening = rrpc_server::Server::new(rrpc_server::demo::namespace())
+            .with_config(Config::default().with_handshake_timeout(Duration::from_millis(300)))
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = listening.local_addr();
+        let server = listening.spawn();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        // The server's greeting, then EOF once the deadline passes.
+        silent.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(&buf[..4], b"rRPC");
+        server.stop().await;
+    })
+    .await
+}

@@ -1,0 +1,126 @@
+//! The `rrpc-server` binary as a real process: its ready line, a SIGKILL in
+//! the middle of a call, and a graceful SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rrpc_client::{ErrorKind, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("test timed out")
+}
+
+/// Starts the binary on a free port and waits for its ready line.
+async fn start_server() -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+        .args(["--port", "0", "--shutdown-grace", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines.next_line().await.unwrap().expect("the ready line");
+    let addr = line
+        .strip_prefix("rrpc-server listening on ")
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "binds to loopback by default: {addr}"
+    );
+    (child, addr)
+}
+
+#[tokio::test]
+async fn killing_the_server_fails_a_pending_call_at_once() {
+    within(30, async {
+        let (mut child, addr) = start_server().await;
+        let conn = rrpc_client::connect(&addr).await.unwrap();
+        let obj = conn
+            .root()
+            .call("MyClass", (30,))
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        let pending = obj.call_async("f", (1,));
+        let other = obj.call_async("f", (2,));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!pending.ready());
+        child.start_kill().unwrap();
+        let killed = Instant::now();
+        let err = pending.await.unwrap_err();
+        let took = killed.elapsed();
+        assert!(err.is_connection_lost(), "{err}");
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+        // Every pending call fails at once, not one by one.
+        assert!(other.await.unwrap_err().is_connection_lost());
+        // And new calls fail at once too.
+        let err = obj.call("f", (3,)).await.unwrap_err();
+        assert!(err.is_connection_lost(), "{err}");
+        let _ = child.wait().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish_and_refuses_new_ones() {
+    within(30, async {
+        let (mut child, addr) = start_server().await;
+        let conn = rrpc_client::connect(&addr).await.unwrap();
+        let obj = conn
+            .root()
+            .call("MyClass", (1,))
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        let in_flight = obj.call_async("f", (41,));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid = child.id().unwrap().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // New calls are refused while the old one drains.
+        match obj.call("f", (1,)).await {
+            Err(e) => assert!(
+                e.remote_kind() == Some(&ErrorKind::Refused) || e.is_connection_lost(),
+                "{e}"
+            ),
+            Ok(v) => panic!("a call after SIGTERM was served: {v:?}"),
+        }
+        // The call that was running finishes with its value.
+        assert_eq!(in_flight.await.unwrap(), Value::Int(42));
+        let exit = child.wait().await.unwrap();
+        assert!(exit.success(), "exit status {exit:?}");
+        // The connection is then closed by the server, with a reason.
+        let reason = conn.closed().await;
+        assert!(reason.to_string().contains("shutting down"), "{reason}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn help_describes_the_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--host", "--port", "--max-frame", "--shutdown-grace"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
