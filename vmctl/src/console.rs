@@ -273,6 +273,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pump_follows_a_file_that_appears_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let out = Output::new(1024);
+        let mut sub = out.subscribe();
+        let _task = crate::task::AbortOnDrop::new(tokio::spawn(pump::<tokio::io::Empty>(
+            Source::File(path.clone()),
+            Arc::clone(&out),
+            |_| {},
+        )));
+        let work = async {
+            std::fs::write(&path, "first\n").unwrap();
+            assert_eq!(sub.recv().await.unwrap(), "first");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"second\n").unwrap();
+            assert_eq!(sub.recv().await.unwrap(), "second");
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .unwrap();
+        assert_eq!(out.tail(), "first\nsecond\n");
+    }
+
+    #[tokio::test]
     async fn pump_reads_a_pipe_to_the_end() {
         let (mut w, r) = tokio::io::duplex(64);
         let out = Output::new(1024);

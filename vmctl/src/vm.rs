@@ -689,6 +689,12 @@ impl Vm {
         if let Some(end) = self.final_result() {
             return end;
         }
+        // A paused guest cannot see the power button.
+        if self.state() == VmState::Paused {
+            if let Err(e) = self.qmp.cont().await {
+                tracing::warn!(error = %e, "cont before power-down failed");
+            }
+        }
         self.shared.raise_intent(Intent::PowerDown);
         self.shared.set(VmState::ShuttingDown);
 
