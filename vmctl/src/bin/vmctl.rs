@@ -73,6 +73,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 println!("{}", plan.explain());
                 println!("plan: {plan}");
+                match vmctl::Accel::Auto.resolve() {
+                    Ok(choice) => println!("accelerator: {} ({})", choice.accel, choice.reason),
+                    Err(e) => println!("accelerator: cannot choose: {e}"),
+                }
             }
             Ok(())
         }
