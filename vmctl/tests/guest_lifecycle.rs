@@ -147,6 +147,28 @@ async fn sigkill_of_qemu_is_reported_as_crashed() {
     tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
 }
 
+/// A guest that powers itself off without being asked ended cleanly: the
+/// watcher reports a graceful stop, not a crash.
+#[tokio::test]
+async fn guest_that_powers_off_by_itself_is_stopped_not_crashed() {
+    init_tracing();
+    let work = async {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = Vm::launch(
+            guest_spec("self-off", dir.path(), "poweroffafter=1"),
+            VmOptions::default().ready_when(guest_ready()),
+        )
+        .await
+        .unwrap();
+        vm.wait_ready(READY_TIMEOUT).await.unwrap();
+        match vm.wait_stopped().await {
+            VmState::Stopped(Ended::Graceful(ev)) => assert!(ev.guest, "{ev:?}"),
+            other => panic!("expected a graceful stop, got {other}"),
+        }
+    };
+    tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
+}
+
 /// FNV-1a, enough to compare two versions of a file.
 fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {

@@ -115,3 +115,27 @@ async fn qemu_start_failure_reports_qemu_stderr() {
     };
     tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
 }
+
+/// Waiting for a console line that never comes fails after the timeout and
+/// says what was awaited.
+#[tokio::test]
+async fn readiness_timeout_is_an_error_naming_the_wait() {
+    init_tracing();
+    require_qemu();
+    let work = async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = bare_spec("never-ready", dir.path()).serial(Serial::Pipe);
+        let options = VmOptions::default()
+            .ready_when(vmctl::console::ReadyPattern::Substring("NEVER".into()));
+        let vm = Vm::launch(spec, options).await.unwrap();
+        assert_eq!(vm.state(), VmState::Running);
+        let err = vm.wait_ready(Duration::from_millis(500)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("never-ready") && text.contains("readiness"),
+            "{text}"
+        );
+        assert_eq!(vm.kill().await.unwrap(), Ended::Killed);
+    };
+    tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
+}
