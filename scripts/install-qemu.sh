@@ -50,7 +50,7 @@ mirror() {
   return 1
 }
 
-if ! grep -qs -- "$BPO_SUITE" /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+if ! grep -qs -- "$BPO_SUITE" /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; then
   URI=$(mirror | head -1) || true
   [ -n "${URI:-}" ] || { echo "install-qemu: no Debian mirror found in the apt sources" >&2; exit 1; }
   echo "install-qemu: adding $BPO_SUITE from $URI"

@@ -488,6 +488,10 @@ impl Vm {
         };
         match console_source {
             Some(source) => {
+                if matches!(source, Source::File(_)) {
+                    // A followed file has no end: nothing to wait for on exit.
+                    shared.console_done.send_replace(true);
+                }
                 let s = Arc::clone(&shared);
                 let pattern = options.ready.clone();
                 tasks.push(AbortOnDrop::new(tokio::spawn(async move {
