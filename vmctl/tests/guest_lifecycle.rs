@@ -87,7 +87,10 @@ async fn guest_disk_writes_do_not_reach_the_snapshot_base_image() {
         std::fs::write(&image, &original).unwrap();
         let before = checksum(&std::fs::read(&image).unwrap());
 
-        let spec = guest_spec("snapshot", dir.path(), "writedisk=1").drive(Drive::new(&image));
+        // This VM's console goes to a file that QEMU writes and vmctl follows.
+        let spec = guest_spec("snapshot", dir.path(), "writedisk=1")
+            .drive(Drive::new(&image))
+            .serial(Serial::File(dir.path().join("console.log")));
         assert!(spec.drives[0].snapshot, "snapshot must be the default");
         let vm = Vm::launch(spec, VmOptions::default().ready_when(guest_ready()))
             .await
