@@ -31,13 +31,14 @@ cargo test --workspace --doc --locked
 
 say "examples"
 cargo build --release --locked --examples --bins
-./target/release/examples/tour
-./target/release/examples/classic_session
+bin="${CARGO_TARGET_DIR:-target}/release"
+"$bin/examples/tour"
+"$bin/examples/classic_session"
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"
 ready=$(mktemp)
-./target/release/rrpc-server --port 0 >"$ready" 2>/dev/null &
+"$bin/rrpc-server" --port 0 >"$ready" 2>/dev/null &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true; rm -f "$ready"' EXIT
 for _ in $(seq 1 100); do
@@ -46,7 +47,7 @@ for _ in $(seq 1 100); do
 done
 addr=$(sed -n 's/^rrpc-server listening on //p' "$ready")
 [ -n "$addr" ] || { echo "rrpc-server printed no ready line"; exit 1; }
-./target/release/examples/classic_session --connect "$addr"
+"$bin/examples/classic_session" --connect "$addr"
 kill -TERM "$server_pid"
 wait "$server_pid"
 trap - EXIT
