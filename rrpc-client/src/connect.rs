@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rrpc_core::handshake::Role;
 use rrpc_core::{Config, Connection, Error, Namespace, Remote};
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 
@@ -88,5 +89,5 @@ pub async fn connect_with(
         Ok(Err(e)) => return Err(Error::from(e)),
         Err(_) => return Err(Error::Timeout(options.connect_timeout)),
     };
-    Connection::over_tcp(stream, options.config, options.root).await
+    Connection::over_tcp(stream, options.config, options.root, Role::Client).await
 }

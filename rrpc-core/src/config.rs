@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::handshake::Secret;
+
 /// Settings of one connection. Both sides have their own; limits protect the
 /// side that sets them.
 #[derive(Debug, Clone)]
@@ -21,6 +23,22 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Capacity of the queue of frames waiting for the writer (default 1024).
     pub write_queue: usize,
+    /// Longest string or byte string accepted in one value (default 16 MiB).
+    pub max_bytes_len: usize,
+    /// Most items accepted in one list or map (default 1 M).
+    pub max_list_len: usize,
+    /// Most local objects the peer may hold at once (default 100 000).
+    pub max_live_objects: usize,
+    /// Shared secret for challenge–response authentication (default none).
+    pub secret: Option<Secret>,
+    /// Send a keep-alive ping after this long without traffic (default 10 s;
+    /// `None` disables keep-alive).
+    pub keepalive_interval: Option<Duration>,
+    /// Declare the peer dead after this long without any traffic (default 30 s).
+    pub keepalive_timeout: Duration,
+    /// Close the connection after this long without calls either way
+    /// (default: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -33,6 +51,13 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             write_queue: 1024,
+            max_bytes_len: 16 * 1024 * 1024,
+            max_list_len: 1 << 20,
+            max_live_objects: 100_000,
+            secret: None,
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(30),
+            idle_timeout: None,
         }
     }
 }
@@ -53,6 +78,49 @@ impl Config {
     /// Sets how many peer requests are served at once.
     pub fn with_max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Requires the peer to prove it knows `secret`.
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Sets keep-alive: ping after `interval` of silence, give up after `timeout`.
+    pub fn with_keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Closes the connection after `timeout` without calls.
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets how many local objects the peer may hold.
+    pub fn with_max_live_objects(mut self, n: usize) -> Self {
+        self.max_live_objects = n;
+        self
+    }
+
+    /// Sets the longest string or byte string accepted.
+    pub fn with_max_bytes_len(mut self, n: usize) -> Self {
+        self.max_bytes_len = n;
+        self
+    }
+
+    /// Sets the most items accepted in a list or map.
+    pub fn with_max_list_len(mut self, n: usize) -> Self {
+        self.max_list_len = n;
+        self
+    }
+
+    /// Sets the deepest nesting accepted in a value.
+    pub fn with_max_depth(mut self, depth: u32) -> Self {
+        self.max_depth = depth;
         self
     }
 

@@ -179,6 +179,12 @@ pub enum Error {
     /// The connection was closed locally.
     #[error("connection closed")]
     Closed,
+    /// Authentication failed: wrong, missing or unexpected shared secret.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    /// The server refused the connection (a limit was hit), saying why.
+    #[error("connection refused by the server: {0}")]
+    Refused(String),
     /// The peer is not an rrpc peer, speaks another version, or said nothing.
     #[error("handshake failed: {0}")]
     Handshake(String),

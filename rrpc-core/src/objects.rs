@@ -51,13 +51,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ExportTable {
     /// Counts one more reference sent to the peer and returns the object's id.
     /// `make` builds the object to store when `key` is not exported yet.
-    pub(crate) fn export_with(&self, key: usize, make: impl FnOnce() -> Arc<dyn Remote>) -> u64 {
+    /// Fails (with the limit) when `key` is new and `limit` objects are
+    /// exported already.
+    pub(crate) fn export_with(
+        &self,
+        key: usize,
+        limit: usize,
+        make: impl FnOnce() -> Arc<dyn Remote>,
+    ) -> Result<u64, usize> {
         let mut t = lock(&self.inner);
         if let Some(&id) = t.by_key.get(&key) {
             if let Some(e) = t.by_id.get_mut(&id) {
                 e.refs += 1;
-                return id;
+                return Ok(id);
             }
+        }
+        if t.by_id.len() >= limit {
+            return Err(limit);
         }
         t.next_id += 1;
         let id = t.next_id;
@@ -70,7 +80,7 @@ impl ExportTable {
             },
         );
         t.by_key.insert(key, id);
-        id
+        Ok(id)
     }
 
     /// The object with id `id`, if the peer still holds it.

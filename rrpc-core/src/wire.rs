@@ -55,7 +55,37 @@ pub enum Message<'a> {
         #[serde(borrow)]
         reason: Cow<'a, str>,
     },
+    /// Keep-alive: are you there? (Answered with [`Message::Pong`].)
+    Ping,
+    /// Keep-alive: yes.
+    Pong,
 }
+
+/// The first fields of a message: enough to answer a request or fail a
+/// call whose body broke a limit.
+#[derive(Debug, Deserialize)]
+pub enum Head {
+    /// A request and its id.
+    Request {
+        /// The request id.
+        id: u64,
+    },
+    /// A reply and the id of the request it answers.
+    Reply {
+        /// The request id.
+        id: u64,
+    },
+}
+
+/// Decodes just the [`Head`] of a message, ignoring the rest.
+pub fn decode_head(payload: &[u8]) -> Option<Head> {
+    bincode::serde::borrow_decode_from_slice::<Head, _>(payload, bincode_config())
+        .ok()
+        .map(|(head, _)| head)
+}
+
+/// Marks decode errors caused by a configured limit (as opposed to garbage).
+pub const LIMIT_MARK: &str = "limit exceeded: ";
 
 /// An operation on an object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,7 +138,7 @@ impl Op<'_> {
 }
 
 /// A value on the wire. Object references are named from the sender's side.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub enum WireValue<'a> {
     /// Nothing.
     Unit,
@@ -182,8 +212,35 @@ impl<'a> From<WireValueRepr<'a>> for WireValue<'a> {
 impl<'de: 'a, 'a> Deserialize<'de> for WireValue<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let _level = Budget::enter().map_err(serde::de::Error::custom)?;
-        WireValueRepr::deserialize(deserializer).map(WireValue::from)
+        let value = WireValue::from(WireValueRepr::deserialize(deserializer)?);
+        check_size(&value).map_err(serde::de::Error::custom)?;
+        Ok(value)
     }
+}
+
+/// Checks one value's own size (strings, bytes, lists, maps) against the limits.
+fn check_size(value: &WireValue<'_>) -> Result<(), String> {
+    let (what, len, max) = BUDGET.with(|b| {
+        let b = b.get();
+        match value {
+            WireValue::Str(s) => ("a string of", s.len(), b.max_bytes),
+            WireValue::Bytes(v) => ("a byte string of", v.len(), b.max_bytes),
+            WireValue::List(l) => ("a list of", l.len(), b.max_list),
+            WireValue::Map(m) => ("a map of", m.len(), b.max_list),
+            _ => ("", 0, usize::MAX),
+        }
+    });
+    if len > max {
+        let unit = if what.contains("list") || what.contains("map") {
+            "items"
+        } else {
+            "bytes"
+        };
+        return Err(format!(
+            "{LIMIT_MARK}{what} {len} {unit} is over this side's limit of {max}"
+        ));
+    }
+    Ok(())
 }
 
 /// A [`RemoteError`] on the wire; the kind travels as its name, so kinds this
@@ -253,11 +310,43 @@ pub struct DecodeLimits {
     pub max_depth: u32,
     /// Most values in the message.
     pub max_nodes: u32,
+    /// Longest string or byte string.
+    pub max_bytes: usize,
+    /// Most items in a list or map.
+    pub max_list: usize,
 }
 
+impl DecodeLimits {
+    /// Limits with the given depth and node count, and strings and lists
+    /// bounded only by the frame.
+    pub const fn new(max_depth: u32, max_nodes: u32) -> Self {
+        DecodeLimits {
+            max_depth,
+            max_nodes,
+            max_bytes: usize::MAX,
+            max_list: usize::MAX,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct BudgetState {
+    depth_left: u32,
+    nodes_left: u32,
+    max_bytes: usize,
+    max_list: usize,
+}
+
+const NO_BUDGET: BudgetState = BudgetState {
+    depth_left: 0,
+    nodes_left: 0,
+    max_bytes: 0,
+    max_list: 0,
+};
+
 thread_local! {
-    /// (depth left, nodes left) for the message being decoded on this thread.
-    static BUDGET: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// What is left of the limits for the message being decoded on this thread.
+    static BUDGET: Cell<BudgetState> = const { Cell::new(NO_BUDGET) };
 }
 
 /// One level of nesting charged against the decode budget; dropping it gives
@@ -265,16 +354,18 @@ thread_local! {
 struct Budget;
 
 impl Budget {
-    fn enter() -> Result<Budget, &'static str> {
+    fn enter() -> Result<Budget, String> {
         BUDGET.with(|b| {
-            let (depth, nodes) = b.get();
-            if depth == 0 {
-                return Err("value nested too deeply");
+            let mut state = b.get();
+            if state.depth_left == 0 {
+                return Err(format!("{LIMIT_MARK}value nested too deeply"));
             }
-            if nodes == 0 {
-                return Err("too many values in one message");
+            if state.nodes_left == 0 {
+                return Err(format!("{LIMIT_MARK}too many values in one message"));
             }
-            b.set((depth - 1, nodes - 1));
+            state.depth_left -= 1;
+            state.nodes_left -= 1;
+            b.set(state);
             Ok(Budget)
         })
     }
@@ -283,8 +374,9 @@ impl Budget {
 impl Drop for Budget {
     fn drop(&mut self) {
         BUDGET.with(|b| {
-            let (depth, nodes) = b.get();
-            b.set((depth + 1, nodes));
+            let mut state = b.get();
+            state.depth_left += 1;
+            b.set(state);
         });
     }
 }
@@ -309,17 +401,32 @@ pub fn encode_into(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<usize, String
 
 /// Decodes one message from a frame's payload (without its length prefix).
 pub fn decode(payload: &[u8], limits: DecodeLimits) -> Result<Message<'_>, String> {
-    BUDGET.with(|b| b.set((limits.max_depth, limits.max_nodes)));
+    BUDGET.with(|b| {
+        b.set(BudgetState {
+            depth_left: limits.max_depth,
+            nodes_left: limits.max_nodes,
+            max_bytes: limits.max_bytes,
+            max_list: limits.max_list,
+        })
+    });
     let decoded =
         bincode::serde::borrow_decode_from_slice::<Message<'_>, _>(payload, bincode_config());
-    BUDGET.with(|b| b.set((0, 0)));
+    BUDGET.with(|b| b.set(NO_BUDGET));
     match decoded {
         Ok((msg, used)) if used == payload.len() => Ok(msg),
         Ok((_, used)) => Err(format!(
             "malformed frame: {} trailing bytes after the message",
             payload.len() - used
         )),
-        Err(e) => Err(format!("malformed frame: {e}")),
+        Err(e) => {
+            let e = e.to_string();
+            // A limit is not garbage: report it as such (the reader may then
+            // refuse one request instead of dropping the connection).
+            match e.find(LIMIT_MARK) {
+                Some(at) => Err(e[at..].to_owned()),
+                None => Err(format!("malformed frame: {e}")),
+            }
+        }
     }
 }
 
@@ -331,6 +438,8 @@ mod tests {
     const LIMITS: DecodeLimits = DecodeLimits {
         max_depth: 16,
         max_nodes: 1000,
+        max_bytes: 100,
+        max_list: 500,
     };
 
     fn roundtrip(msg: &Message<'_>) -> String {
@@ -415,9 +524,35 @@ mod tests {
 
     #[test]
     fn node_count_is_bounded() {
-        let wide = encode_reply(WireValue::List((0..1000).map(WireValue::Int).collect()));
+        let wide = encode_reply(WireValue::List(
+            (0..4)
+                .map(|_| WireValue::List((0..300).map(WireValue::Int).collect()))
+                .collect(),
+        ));
         let err = decode(&wide[4..], LIMITS).unwrap_err();
         assert!(err.contains("too many values"), "{err}");
+    }
+
+    #[test]
+    fn string_and_list_sizes_are_bounded_and_marked_as_limits() {
+        let long = encode_reply(WireValue::Str("x".repeat(101).into()));
+        let err = decode(&long[4..], LIMITS).unwrap_err();
+        assert!(
+            err.starts_with(LIMIT_MARK) && err.contains("101 bytes"),
+            "{err}"
+        );
+        let wide = encode_reply(WireValue::List((0..501).map(WireValue::Int).collect()));
+        let err = decode(&wide[4..], LIMITS).unwrap_err();
+        assert!(err.contains("501 items"), "{err}");
+        assert!(matches!(
+            decode_head(&wide[4..]),
+            Some(Head::Reply { id: 1 })
+        ));
+        assert!(decode(
+            &encode_reply(WireValue::Str("x".repeat(100).into()))[4..],
+            LIMITS
+        )
+        .is_ok());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The accept loop and graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rrpc_core::{Config, Connection, Remote};
+use rrpc_core::handshake::{self, Role};
+use rrpc_core::{Config, Connection, Error, Remote};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,8 @@ pub struct Server {
     root: Arc<dyn Remote>,
     config: Config,
     grace: Duration,
+    max_connections: usize,
+    max_connections_per_peer: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -43,6 +46,8 @@ impl Server {
             root,
             config: Config::default(),
             grace: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_peer: 64,
         }
     }
 
@@ -50,6 +55,20 @@ impl Server {
     pub fn with_config(mut self, config: Config) -> Server {
         self.config = config;
         self
+    }
+
+    /// Sets how many connections are served at once (default 1024) and how
+    /// many of them may come from one address (default 64); more are
+    /// refused in the handshake, with the reason.
+    pub fn with_connection_limits(mut self, total: usize, per_peer: usize) -> Server {
+        self.max_connections = total;
+        self.max_connections_per_peer = per_peer;
+        self
+    }
+
+    /// The per-connection settings.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Sets how long shutdown waits for in-flight calls (default 10 s).
@@ -69,6 +88,7 @@ impl Server {
                 local_addr,
                 shutdown: CancellationToken::new(),
                 connections: Arc::new(DashMap::new()),
+                admitted: Arc::new(Admitted::default()),
             },
         })
     }
@@ -91,6 +111,61 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     connections: Arc<DashMap<u64, Connection>>,
+    admitted: Arc<Admitted>,
+}
+
+/// Connections admitted (handshaking or serving), in total and per address.
+#[derive(Debug, Default)]
+struct Admitted {
+    per_peer: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; dropping it gives the slot back.
+struct Slot {
+    admitted: Arc<Admitted>,
+    peer: IpAddr,
+}
+
+impl Admitted {
+    fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        total: usize,
+        per_peer: usize,
+    ) -> Result<Slot, String> {
+        let mut map = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let all: usize = map.values().sum();
+        if all >= total {
+            return Err(format!("the server is at its limit of {total} connections"));
+        }
+        let mine = map.entry(peer).or_insert(0);
+        if *mine >= per_peer {
+            return Err(format!(
+                "too many connections from {peer} (limit {per_peer})"
+            ));
+        }
+        *mine += 1;
+        Ok(Slot {
+            admitted: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self
+            .admitted
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl ServerHandle {
@@ -204,12 +279,39 @@ impl Listening {
     }
 }
 
-async fn serve_connection(server: Server, handle: ServerHandle, stream: tokio::net::TcpStream) {
-    let conn = match Connection::over_tcp(stream, server.config.clone(), server.root.clone()).await
-    {
+async fn serve_connection(server: Server, handle: ServerHandle, mut stream: tokio::net::TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let admitted = handle.admitted.admit(
+        peer,
+        server.max_connections,
+        server.max_connections_per_peer,
+    );
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(reason) => {
+            tracing::warn!("connection refused: {reason}");
+            let _ = handshake::refuse(&mut stream, &server.config, &reason).await;
+            return;
+        }
+    };
+    let established = Connection::over_tcp(
+        stream,
+        server.config.clone(),
+        server.root.clone(),
+        Role::Server,
+    )
+    .await;
+    let conn = match established {
         Ok(conn) => conn,
+        Err(Error::AuthFailed(why)) => {
+            tracing::warn!("authentication failed for {peer}: {why}");
+            return;
+        }
         Err(e) => {
-            tracing::warn!("connection refused: {e}");
+            tracing::warn!("handshake with {peer} failed: {e}");
             return;
         }
     };

@@ -152,7 +152,9 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(root: Namespace, work: Arc<WorkCounters>) -> TestServer {
+    // Every test client comes from 127.0.0.1: allow the soak's 200.
     let listening = Server::new(root)
+        .with_connection_limits(1024, 512)
         .with_shutdown_grace(Duration::from_secs(2))
         .bind("127.0.0.1:0")
         .await

@@ -19,6 +19,8 @@ use super::{Connection, Shared};
 pub(super) struct Encoder<'s> {
     shared: &'s Shared,
     exported: Vec<u64>,
+    /// The first reference that could not be exported.
+    refused: Option<Error>,
 }
 
 impl<'s> Encoder<'s> {
@@ -26,6 +28,40 @@ impl<'s> Encoder<'s> {
         Encoder {
             shared,
             exported: Vec::new(),
+            refused: None,
+        }
+    }
+
+    fn export<'v>(
+        &mut self,
+        key: usize,
+        type_name: &'v str,
+        make: impl FnOnce() -> Arc<dyn Remote>,
+    ) -> WireValue<'v> {
+        match self
+            .shared
+            .exports
+            .export_with(key, self.shared.config.max_live_objects, make)
+        {
+            Ok(id) => {
+                self.exported.push(id);
+                WireValue::SenderRef {
+                    id,
+                    type_name: Cow::Borrowed(type_name),
+                }
+            }
+            Err(limit) => {
+                self.refused.get_or_insert_with(|| {
+                    Error::Remote(RemoteError::new(
+                        ErrorKind::Refused,
+                        format!(
+                            "the peer already holds {limit} objects of this side \
+                             (the live-object limit); release some first"
+                        ),
+                    ))
+                });
+                WireValue::Unit
+            }
         }
     }
 
@@ -45,17 +81,7 @@ impl<'s> Encoder<'s> {
                     .map(|(k, v)| (self.value(k), self.value(v)))
                     .collect(),
             ),
-            Value::Object(obj) => {
-                let id = self
-                    .shared
-                    .exports
-                    .export_with(object_key(obj), || obj.clone());
-                self.exported.push(id);
-                WireValue::SenderRef {
-                    id,
-                    type_name: Cow::Borrowed(obj.type_name()),
-                }
-            }
+            Value::Object(obj) => self.export(object_key(obj), obj.type_name(), || obj.clone()),
             Value::Proxy(proxy)
                 if std::ptr::eq(Arc::as_ptr(&proxy.connection().shared), self.shared) =>
             {
@@ -65,21 +91,18 @@ impl<'s> Encoder<'s> {
                 // A proxy to a third party: export a forwarder, keyed by the
                 // proxy so the same one sent twice keeps its identity.
                 let key = Arc::as_ptr(&proxy.inner) as *const () as usize;
-                let id = self
-                    .shared
-                    .exports
-                    .export_with(key, || Arc::new(proxy.clone()) as Arc<dyn Remote>);
-                self.exported.push(id);
-                WireValue::SenderRef {
-                    id,
-                    type_name: Cow::Borrowed(proxy.type_name()),
-                }
+                self.export(key, proxy.type_name(), || {
+                    Arc::new(proxy.clone()) as Arc<dyn Remote>
+                })
             }
         }
     }
 
     /// Encodes `msg` into a frame no larger than the peer accepts.
     pub(super) fn finish(mut self, msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         let mut frame = Vec::new();
         let size = wire::encode_into(msg, &mut frame).map_err(Error::Protocol)?;
         if size > self.shared.peer_max_frame {
@@ -158,6 +181,10 @@ impl Shared {
             id,
             result: wire_result,
         }) {
+            Err(Error::Remote(refused)) => Encoder::new(self).finish(&Message::Reply {
+                id,
+                result: Err(WireError::from(&refused)),
+            }),
             Err(Error::FrameTooLarge { size, limit }) => {
                 let err = RemoteError::new(
                     ErrorKind::Refused,

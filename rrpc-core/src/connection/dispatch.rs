@@ -72,11 +72,18 @@ impl Shared {
                     format!("the peer said goodbye: {reason}").into(),
                 ));
             }
+            Message::Ping => {
+                // At most one answer is owed, however many pings arrived.
+                self.control.lock().unwrap_or_else(|p| p.into_inner()).pongs = 1;
+                self.wake_writer.notify_one();
+            }
+            Message::Pong => {} // its arrival already counted as a sign of life
         }
         Ok(())
     }
 
-    fn refuse(self: &Arc<Shared>, id: u64, err: RemoteError) {
+    /// Refuses request `id` with `err` (the reply is sent by a task).
+    pub(super) fn refuse(self: &Arc<Shared>, id: u64, err: RemoteError) {
         let shared = self.clone();
         self.tasks
             .spawn(async move { shared.send_reply(id, Err(err)).await });
@@ -91,6 +98,7 @@ impl Shared {
         op: Op<'_>,
     ) {
         let describe = op.describe();
+        self.active();
         if self.draining.load(Ordering::SeqCst) {
             return self.refuse(
                 id,

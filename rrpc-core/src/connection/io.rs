@@ -35,6 +35,8 @@ where
         let limits = DecodeLimits {
             max_depth: shared.config.max_depth,
             max_nodes: shared.config.max_nodes,
+            max_bytes: shared.config.max_bytes_len,
+            max_list: shared.config.max_list_len,
         };
         loop {
             let next = tokio::select! {
@@ -62,6 +64,7 @@ where
                     break;
                 }
             };
+            shared.touch();
             match wire::decode(&frame, limits) {
                 Ok(msg) => {
                     if let Err(why) = shared.handle_message(msg) {
@@ -69,6 +72,9 @@ where
                         break;
                     }
                 }
+                // A well-formed message that breaks a limit fails alone.
+                Err(why)
+                    if why.starts_with(wire::LIMIT_MARK) && shared.over_limit(&frame, &why) => {}
                 Err(why) => {
                     protocol_violation(&shared, &why);
                     break;
@@ -152,19 +158,24 @@ pub(super) async fn write_loop<W>(
 impl Shared {
     /// Appends queued cancels and releases to `buf` as messages.
     fn drain_control(&self, buf: &mut Vec<u8>) {
-        let (cancels, releases) = {
+        let (cancels, releases, pongs, ping) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-            if control.cancels.is_empty() && control.releases.is_empty() {
-                return;
-            }
             (
                 std::mem::take(&mut control.cancels),
                 std::mem::take(&mut control.releases),
+                std::mem::take(&mut control.pongs),
+                std::mem::take(&mut control.ping),
             )
         };
         for id in cancels {
             // These messages are tiny and well-formed: encoding cannot fail.
             let _ = wire::encode_into(&Message::Cancel { id }, buf);
+        }
+        for _ in 0..pongs {
+            let _ = wire::encode_into(&Message::Pong, buf);
+        }
+        if ping {
+            let _ = wire::encode_into(&Message::Ping, buf);
         }
         for chunk in releases.chunks(RELEASES_PER_MESSAGE) {
             let _ = wire::encode_into(
@@ -173,6 +184,36 @@ impl Shared {
                 },
                 buf,
             );
+        }
+    }
+}
+
+impl Shared {
+    /// A message broke a configured limit. A request is refused on its own
+    /// and a call fails on its own, with the reason; returns false when the
+    /// message is neither (then it is a protocol violation).
+    fn over_limit(self: &Arc<Shared>, frame: &[u8], why: &str) -> bool {
+        match wire::decode_head(frame) {
+            Some(wire::Head::Request { id }) => {
+                tracing::debug!(conn = self.id, request = id, "refused: {why}");
+                self.refuse(
+                    id,
+                    crate::error::RemoteError::new(
+                        crate::error::ErrorKind::Refused,
+                        format!("the request was refused: {why}"),
+                    ),
+                );
+                true
+            }
+            Some(wire::Head::Reply { id }) => {
+                if let Some((_, waiter)) = self.pending.remove(&id) {
+                    let _ = waiter.send(Err(Error::Protocol(format!(
+                        "the reply was refused: {why}"
+                    ))));
+                }
+                true
+            }
+            None => false,
         }
     }
 }

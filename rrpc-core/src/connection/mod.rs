@@ -10,13 +10,14 @@
 mod codec;
 mod dispatch;
 mod io;
+mod keepalive;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::call::OutOp;
 use crate::config::Config;
 use crate::error::Error;
-use crate::handshake::handshake;
+use crate::handshake::{handshake, Role};
 use crate::objects::{ExportTable, ImportTable, ROOT_ID};
 use crate::proxy::{Proxy, ProxyInner};
 use crate::remote::Remote;
@@ -74,6 +75,10 @@ impl Drop for Owner {
 struct Control {
     releases: Vec<(u64, u64)>,
     cancels: Vec<u64>,
+    /// Pongs owed (0 or 1: answers to many pings are coalesced).
+    pongs: usize,
+    /// A keep-alive ping is due.
+    ping: bool,
 }
 
 pub(crate) struct Shared {
@@ -100,6 +105,12 @@ pub(crate) struct Shared {
     owner: OnceLock<Weak<Owner>>,
     tasks: TaskTracker,
     extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// When the connection started; the clocks below count from it.
+    started: Instant,
+    /// Milliseconds since `started` when the peer last sent anything.
+    last_seen: AtomicU64,
+    /// Milliseconds since `started` of the last call made or served.
+    last_activity: AtomicU64,
 }
 
 /// Counters of one connection, for tests, monitoring and leak hunting.
@@ -127,13 +138,14 @@ impl Connection {
         config: Config,
         root: Arc<dyn Remote>,
         peer: impl Into<String>,
+        role: Role,
     ) -> Result<Connection, Error>
     where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let peer = peer.into();
-        let hello = handshake(&mut reader, &mut writer, &config).await?;
+        let hello = handshake(&mut reader, &mut writer, &config, role).await?;
         let (out, out_rx) = mpsc::channel(config.write_queue.max(1));
         let shared = Arc::new(Shared {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
@@ -157,6 +169,9 @@ impl Connection {
             owner: OnceLock::new(),
             tasks: TaskTracker::new(),
             extensions: Mutex::default(),
+            started: Instant::now(),
+            last_seen: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
             config,
         });
         let owner = Arc::new(Owner {
@@ -174,14 +189,18 @@ impl Connection {
         shared
             .tasks
             .spawn(io::write_loop(shared.clone(), out_rx, writer));
+        if shared.config.keepalive_interval.is_some() || shared.config.idle_timeout.is_some() {
+            shared.tasks.spawn(keepalive::watch(shared.clone()));
+        }
         Ok(conn)
     }
 
-    /// Establishes a connection over a TCP stream.
+    /// Establishes a connection over a TCP stream, as `role`.
     pub async fn over_tcp(
         stream: tokio::net::TcpStream,
         config: Config,
         root: Arc<dyn Remote>,
+        role: Role,
     ) -> Result<Connection, Error> {
         let peer = stream
             .peer_addr()
@@ -190,7 +209,7 @@ impl Connection {
         // Small messages dominate; never let Nagle hold them back.
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
-        Connection::establish(r, w, config, root, peer).await
+        Connection::establish(r, w, config, root, peer, role).await
     }
 
     /// A proxy to the peer's root object (its exported services).
@@ -364,6 +383,20 @@ impl Shared {
         Some(Connection { shared, owner })
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The peer sent something: it is alive.
+    pub(crate) fn touch(&self) {
+        self.last_seen.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A call was made or served: the connection is not idle.
+    pub(crate) fn active(&self) {
+        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
     /// Makes a call and waits for its reply, its deadline or the connection's end.
     pub(crate) async fn call(
         &self,
@@ -375,6 +408,7 @@ impl Shared {
             return Err(self.reason());
         }
         let timeout = timeout.unwrap_or(self.config.call_timeout);
+        self.active();
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let frame = self.encode_request(id, target, timeout, &op)?;
         let (tx, rx) = oneshot::channel();
