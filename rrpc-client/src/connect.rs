@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rrpc_core::handshake::Role;
+
+use crate::tls::TlsClient;
 use rrpc_core::{Config, Connection, Error, Namespace, Remote};
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 
@@ -17,6 +19,8 @@ pub struct ConnectOptions {
     pub root: Arc<dyn Remote>,
     /// How long establishing the TCP connection may take (default 10 s).
     pub connect_timeout: Duration,
+    /// Speak TLS, trusting this set-up (default: plain TCP).
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ConnectOptions {
@@ -25,6 +29,7 @@ impl Default for ConnectOptions {
             config: Config::default(),
             root: Arc::new(Namespace::new("client")),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -49,6 +54,12 @@ impl ConnectOptions {
     /// Sets the object the server can reach as this side's root.
     pub fn root(mut self, root: impl Remote) -> Self {
         self.root = Arc::new(root);
+        self
+    }
+
+    /// Connects over TLS.
+    pub fn tls(mut self, tls: TlsClient) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -89,5 +100,32 @@ pub async fn connect_with(
         Ok(Err(e)) => return Err(Error::from(e)),
         Err(_) => return Err(Error::Timeout(options.connect_timeout)),
     };
-    Connection::over_tcp(stream, options.config, options.root, Role::Client).await
+    let Some(tls) = &options.tls else {
+        return Connection::over_tcp(stream, options.config, options.root, Role::Client).await;
+    };
+    let peer = stream.peer_addr()?;
+    stream.set_nodelay(true)?;
+    let name = tls.name_for(peer)?;
+    let session = tokio::time::timeout(
+        options.config.handshake_timeout,
+        tls.connector().connect(name, stream),
+    )
+    .await
+    .map_err(|_| {
+        Error::Tls(format!(
+            "no TLS handshake from {peer} within {:?}",
+            options.config.handshake_timeout
+        ))
+    })?
+    .map_err(|e| Error::Tls(format!("handshake with {peer}: {e}")))?;
+    let (r, w) = tokio::io::split(session);
+    Connection::establish(
+        r,
+        w,
+        options.config,
+        options.root,
+        peer.to_string(),
+        Role::Client,
+    )
+    .await
 }

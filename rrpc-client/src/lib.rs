@@ -15,6 +15,7 @@
 
 pub mod blocking;
 mod connect;
+pub mod tls;
 
 pub use connect::{connect, connect_with, ConnectOptions};
 pub use rrpc_core::{

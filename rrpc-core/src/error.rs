@@ -182,6 +182,9 @@ pub enum Error {
     /// Authentication failed: wrong, missing or unexpected shared secret.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
+    /// TLS failed: a bad certificate, a name mismatch, or a broken session.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The server refused the connection (a limit was hit), saying why.
     #[error("connection refused by the server: {0}")]
     Refused(String),

@@ -23,5 +23,6 @@
 
 pub mod demo;
 mod server;
+pub mod tls;
 
 pub use server::{Listening, RunningServer, Server, ServerHandle, ServerStats};

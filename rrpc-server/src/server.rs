@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::tls::TlsServer;
+
 /// An rrpc server: what it exports (its root object) and how it serves.
 #[derive(Clone)]
 pub struct Server {
@@ -22,6 +24,7 @@ pub struct Server {
     grace: Duration,
     max_connections: usize,
     max_connections_per_peer: usize,
+    tls: Option<TlsServer>,
 }
 
 impl std::fmt::Debug for Server {
@@ -48,6 +51,7 @@ impl Server {
             grace: Duration::from_secs(10),
             max_connections: 1024,
             max_connections_per_peer: 64,
+            tls: None,
         }
     }
 
@@ -63,6 +67,12 @@ impl Server {
     pub fn with_connection_limits(mut self, total: usize, per_peer: usize) -> Server {
         self.max_connections = total;
         self.max_connections_per_peer = per_peer;
+        self
+    }
+
+    /// Serves TLS only.
+    pub fn with_tls(mut self, tls: TlsServer) -> Server {
+        self.tls = Some(tls);
         self
     }
 
@@ -297,13 +307,18 @@ async fn serve_connection(server: Server, handle: ServerHandle, mut stream: toki
             return;
         }
     };
-    let established = Connection::over_tcp(
-        stream,
-        server.config.clone(),
-        server.root.clone(),
-        Role::Server,
-    )
-    .await;
+    let established = match &server.tls {
+        None => {
+            Connection::over_tcp(
+                stream,
+                server.config.clone(),
+                server.root.clone(),
+                Role::Server,
+            )
+            .await
+        }
+        Some(tls) => accept_tls(&server, tls, stream, peer).await,
+    };
     let conn = match established {
         Ok(conn) => conn,
         Err(Error::AuthFailed(why)) => {
@@ -323,6 +338,34 @@ async fn serve_connection(server: Server, handle: ServerHandle, mut stream: toki
     }
     handle.connections.remove(&conn.id());
     conn.join().await;
+}
+
+async fn accept_tls(
+    server: &Server,
+    tls: &TlsServer,
+    stream: tokio::net::TcpStream,
+    peer: IpAddr,
+) -> Result<Connection, Error> {
+    let label = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| peer.to_string());
+    stream.set_nodelay(true)?;
+    let deadline = server.config.handshake_timeout;
+    let session = tokio::time::timeout(deadline, tls.acceptor().accept(stream))
+        .await
+        .map_err(|_| Error::Tls(format!("no TLS handshake within {deadline:?}")))?
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let (r, w) = tokio::io::split(session);
+    Connection::establish(
+        r,
+        w,
+        server.config.clone(),
+        server.root.clone(),
+        label,
+        Role::Server,
+    )
+    .await
 }
 
 /// A server running on its own task.

@@ -120,7 +120,17 @@ async fn help_describes_the_flags() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--host", "--port", "--max-frame", "--shutdown-grace"] {
+    for flag in [
+        "--host",
+        "--port",
+        "--max-frame",
+        "--shutdown-grace",
+        "--secret-file",
+        "--allow-unauthenticated",
+        "--max-connections",
+        "--tls-cert",
+        "--generate-certs",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 }
@@ -177,6 +187,63 @@ async fn killing_the_server_at_random_points_loses_no_acknowledged_reply() {
             assert!(ok > 0, "round {round}: no call completed before the kill");
             let _ = child.wait().await;
         }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_binary_serves_tls_with_generated_certificates_and_a_secret_from_a_file() {
+    within(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+            .arg("--generate-certs")
+            .arg(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(generated.status.success(), "{generated:?}");
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "cluster-secret\n").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+            .args(["--port", "0"])
+            .arg("--tls-cert")
+            .arg(dir.path().join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next_line().await.unwrap().unwrap();
+        let addr = line
+            .strip_prefix("rrpc-server listening on ")
+            .unwrap()
+            .to_owned();
+        let tls =
+            rrpc_client::tls::TlsClient::from_pem_files(&dir.path().join("ca.pem"), None).unwrap();
+        let secret = rrpc_core::handshake::Secret::new("cluster-secret").unwrap();
+        let options = rrpc_client::ConnectOptions::default()
+            .tls(tls.clone())
+            .config(rrpc_client::Config::default().with_secret(secret));
+        let conn = rrpc_client::connect_with(&addr, options).await.unwrap();
+        let obj = conn
+            .root()
+            .call("MyClass", (0,))
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        assert_eq!(obj.call("f", (1,)).await.unwrap(), Value::Int(2));
+        let err = rrpc_client::connect_with(&addr, rrpc_client::ConnectOptions::default().tls(tls))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, rrpc_client::Error::AuthFailed(_)), "{err}");
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
     })
     .await
 }

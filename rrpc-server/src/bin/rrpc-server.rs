@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use rrpc_core::handshake::Secret;
 use rrpc_core::{Config, Namespace};
+use rrpc_server::tls::{ClusterCerts, TlsServer};
 use rrpc_server::{demo, Server};
 
 /// Serve rrpc objects on this host (like RPyC's `rpyc_classic`).
@@ -48,6 +49,23 @@ struct Cli {
     /// pings are sent after a third of it).
     #[arg(long, default_value_t = 30.0)]
     keepalive_timeout: f64,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Generate a cluster CA plus server and client certificates into DIR
+    /// (ca.pem, server.pem/.key, client.pem/.key), then exit.
+    #[arg(long, value_name = "DIR")]
+    generate_certs: Option<std::path::PathBuf>,
+    /// Host names or addresses the generated server certificate is valid
+    /// for (repeatable; localhost and 127.0.0.1 are always included).
+    #[arg(long = "cert-name", value_name = "NAME")]
+    cert_names: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -92,7 +110,49 @@ fn config(cli: &Cli) -> Result<Config, String> {
     Ok(config)
 }
 
+fn generate_certs(dir: &std::path::Path, names: &[String]) -> ExitCode {
+    let written = ClusterCerts::generate(names)
+        .map_err(|e| e.to_string())
+        .and_then(|certs| certs.write_to(dir).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote ca.pem, ca.key, server.pem, server.key, client.pem, client.key to {}",
+                dir.display()
+            );
+            println!("serve:   rrpc-server --tls-cert server.pem --tls-key server.key [--tls-client-ca ca.pem]");
+            println!("clients trust ca.pem (and present client.pem/client.key when required)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rrpc-server: cannot generate certificates: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tls(cli: &Cli) -> Result<Option<TlsServer>, String> {
+    match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            TlsServer::from_pem_files(cert, key, cli.tls_client_ca.as_deref())
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
+    if let Some(dir) = &cli.generate_certs {
+        return generate_certs(dir, &cli.cert_names);
+    }
+    let tls = match tls(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rrpc-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (config, grace) = match (config(&cli), seconds("shutdown-grace", cli.shutdown_grace)) {
         (Ok(c), Ok(g)) => (c, g),
         (Err(e), _) | (_, Err(e)) => {
@@ -117,6 +177,13 @@ async fn run(cli: Cli) -> ExitCode {
         .with_config(config)
         .with_connection_limits(cli.max_connections, cli.max_connections_per_peer)
         .with_shutdown_grace(grace);
+    let server = match tls {
+        Some(tls) => {
+            tracing::info!("serving TLS only");
+            server.with_tls(tls)
+        }
+        None => server,
+    };
     let listening = match server.bind((cli.host, cli.port)).await {
         Ok(l) => l,
         Err(e) => {
