@@ -267,17 +267,9 @@ impl Remote for Namespace {
             .iter()
             .map(|(name, v)| match v {
                 Value::Object(obj) => {
-                    let callable = obj.members().iter().any(|m| m.name == "__call__");
-                    if callable {
-                        let sig = obj
-                            .members()
-                            .into_iter()
-                            .find(|m| m.name == "__call__")
-                            .map(|m| m.signature)
-                            .unwrap_or_default();
-                        Member::method(name.clone(), sig)
-                    } else {
-                        Member::attribute(name.clone(), obj.type_name().to_owned())
+                    match obj.members().into_iter().find(|m| m.name == "__call__") {
+                        Some(call) => Member::method(name.clone(), call.signature),
+                        None => Member::attribute(name.clone(), obj.type_name().to_owned()),
                     }
                 }
                 other => Member::attribute(name.clone(), other.type_name()),

@@ -83,10 +83,23 @@ impl Shared {
     }
 
     /// Refuses request `id` with `err` (the reply is sent by a task).
+    ///
+    /// Refusals are queued without waiting: a peer that floods requests and
+    /// does not read its replies fills the queue, and then further refusals
+    /// are dropped (its calls time out) instead of piling up here.
     pub(super) fn refuse(self: &Arc<Shared>, id: u64, err: RemoteError) {
-        let shared = self.clone();
-        self.tasks
-            .spawn(async move { shared.send_reply(id, Err(err)).await });
+        match self.encode_reply(id, &Err(err)) {
+            Ok(frame) => {
+                if self.out.try_send(frame).is_err() {
+                    tracing::debug!(
+                        conn = self.id,
+                        request = id,
+                        "refusal dropped: the peer is not reading"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode a refusal: {e}"),
+        }
     }
 
     fn on_request(
@@ -169,6 +182,9 @@ impl Shared {
                     _ = cancel.cancelled() => None,
                 };
                 shared.running.remove(&id);
+                if shared.running.is_empty() {
+                    shared.drained.notify_waiters();
+                }
                 drop(permit);
                 match outcome {
                     Some(result) => {

@@ -38,6 +38,10 @@ use crate::wire::Message;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Releases waiting for the writer beyond which the peer is deemed not to
+/// read (each entry is 16 bytes: this bounds the backlog to 16 MiB).
+const MAX_RELEASE_BACKLOG: usize = 1 << 20;
+
 /// A live connection to a peer. Cheap to clone; every clone and every proxy
 /// keeps it open. It closes when [`Connection::close`] is called, when the
 /// peer goes away, or when the last clone and proxy are dropped.
@@ -111,6 +115,8 @@ pub(crate) struct Shared {
     last_seen: AtomicU64,
     /// Milliseconds since `started` of the last call made or served.
     last_activity: AtomicU64,
+    /// Notified when the last running request ends (for draining).
+    drained: Notify,
 }
 
 /// Counters of one connection, for tests, monitoring and leak hunting.
@@ -172,6 +178,7 @@ impl Connection {
             started: Instant::now(),
             last_seen: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
+            drained: Notify::new(),
             config,
         });
         let owner = Arc::new(Owner {
@@ -243,9 +250,18 @@ impl Connection {
     /// running ones to finish, then closes.
     pub async fn drain_and_close(&self, grace: Duration) {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.shared.running.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            // Register before checking, so a drain in between is not missed.
+            let drained = self.shared.drained.notified();
+            if self.shared.running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = &mut deadline => break,
+            }
         }
         self.shared
             .shutdown("the server is shutting down", Error::Closed);
@@ -458,12 +474,20 @@ impl Shared {
         if refs == 0 || self.closed.is_cancelled() {
             return;
         }
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .releases
-            .push((id, refs));
+        let backlog = {
+            let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            control.releases.push((id, refs));
+            control.releases.len()
+        };
         self.wake_writer.notify_one();
+        if backlog > MAX_RELEASE_BACKLOG {
+            // The peer keeps sending references but never reads: stop here
+            // rather than let the backlog grow without bound.
+            self.shutdown(
+                "the peer does not read its messages",
+                Error::ConnectionLost("the peer stopped reading (release backlog overflow)".into()),
+            );
+        }
     }
 
     /// Tells the peer why, then closes with `reason` for local callers.
