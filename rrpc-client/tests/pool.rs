@@ -263,7 +263,7 @@ async fn jobs_on_a_dying_node_are_re_run_on_the_others() {
         assert!(!rerun.is_empty(), "no job was re-run");
         for job in rerun {
             let info = job.info();
-            assert_eq!(info.lost_on, [dying.addr.clone()]);
+            assert_eq!(info.lost_on, std::slice::from_ref(&dying.addr));
             assert_eq!(info.node.as_deref(), Some(good.addr.as_str()));
             assert_eq!(info.attempts, 2);
         }

@@ -50,18 +50,21 @@ fn slow_increment(n: i64, t: f64) -> JobSpec {
     })
 }
 
+/// Every status each job went through, by job id.
+type StatusLog = Arc<Mutex<HashMap<u64, Vec<JobStatus>>>>;
+
 /// Submits `count` jobs, recording every status each goes through.
-fn submit_all(
-    pool: &Pool,
-    count: i64,
-    t: f64,
-) -> (Vec<JobHandle>, Arc<Mutex<HashMap<u64, Vec<JobStatus>>>>) {
-    let log: Arc<Mutex<HashMap<u64, Vec<JobStatus>>>> = Arc::default();
+fn submit_all(pool: &Pool, count: i64, t: f64) -> (Vec<JobHandle>, StatusLog) {
+    let log: StatusLog = Arc::default();
     let jobs = (0..count)
         .map(|n| {
             let log = log.clone();
             pool.submit_job(slow_increment(n, t).on_status(move |info| {
-                log.lock().unwrap().entry(info.id).or_default().push(info.status);
+                log.lock()
+                    .unwrap()
+                    .entry(info.id)
+                    .or_default()
+                    .push(info.status);
             }))
         })
         .collect();
@@ -101,7 +104,10 @@ async fn check_every_result_once(
         let statuses = &log.lock().unwrap()[&info.id];
         let done = statuses.iter().filter(|s| **s == JobStatus::Done).count();
         assert_eq!(done, 1, "job {n} went through {statuses:?}");
-        assert!(!statuses.contains(&JobStatus::Failed), "job {n}: {statuses:?}");
+        assert!(
+            !statuses.contains(&JobStatus::Failed),
+            "job {n}: {statuses:?}"
+        );
     }
     rerun
 }
@@ -114,9 +120,12 @@ async fn killing_a_node_mid_run_still_yields_every_result_once() {
             servers.push(start_server().await);
         }
         let addrs: Vec<String> = servers.iter().map(|(_, a)| a.clone()).collect();
-        let pool = Pool::connect_with(&addrs, PoolOptions::default().concurrency(2).progress(false))
-            .await
-            .unwrap();
+        let pool = Pool::connect_with(
+            &addrs,
+            PoolOptions::default().concurrency(2).progress(false),
+        )
+        .await
+        .unwrap();
         let (jobs, log) = submit_all(&pool, 24, 0.3);
         let victim = addrs[1].clone();
         until_running_on(&jobs, &victim).await;

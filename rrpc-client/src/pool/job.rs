@@ -254,21 +254,19 @@ impl JobShared {
     }
 
     /// Back in the queue after `lost` was lost under it.
-    pub(crate) fn requeued(&self, lost: &str) -> JobInfo {
+    pub(crate) fn requeued(&self, lost: &str) {
         let mut slot = self.slot();
         slot.info.status = JobStatus::Queued;
         slot.info.lost_on.push(lost.to_owned());
-        slot.info.clone()
     }
 
     /// Started on `node`.
-    pub(crate) fn started(&self, node: &str) -> JobInfo {
+    pub(crate) fn started(&self, node: &str) {
         let mut slot = self.slot();
         slot.info.status = JobStatus::Running;
         slot.info.node = Some(node.to_owned());
         slot.info.attempts += 1;
         slot.info.started = Some(SystemTime::now());
-        slot.info.clone()
     }
 
     /// Records a node lost under the job without re-running it.
@@ -277,17 +275,16 @@ impl JobShared {
     }
 
     /// Stores the outcome and wakes every waiter; the callbacks run on the
-    /// blocking pool. Returns the final snapshot, or `None` if the job had
-    /// already finished.
+    /// blocking pool. Returns false if the job had already finished.
     pub(crate) fn complete(
         self: &Arc<Self>,
         outcome: Result<Value, PoolError>,
         duration: Option<Duration>,
-    ) -> Option<JobInfo> {
-        let (info, wakers, callbacks) = {
+    ) -> bool {
+        let (wakers, callbacks) = {
             let mut slot = self.slot();
             if slot.result.is_some() {
-                return None;
+                return false;
             }
             slot.info.status = match &outcome {
                 Ok(_) => JobStatus::Done,
@@ -298,7 +295,6 @@ impl JobShared {
             slot.info.duration = duration;
             slot.result = Some(outcome);
             (
-                slot.info.clone(),
                 std::mem::take(&mut slot.wakers),
                 std::mem::take(&mut slot.callbacks),
             )
@@ -308,7 +304,7 @@ impl JobShared {
         for callback in callbacks {
             self.run_callback(callback);
         }
-        Some(info)
+        true
     }
 
     fn run_callback(self: &Arc<Self>, callback: Callback) {

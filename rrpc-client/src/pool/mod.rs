@@ -236,6 +236,27 @@ impl Inner {
 }
 
 /// A pool of rrpc servers that runs jobs for you; see the [module docs](self).
+///
+/// ```no_run
+/// use rrpc_client::pool::{JobSpec, Pool, PoolOptions};
+/// # async fn run() -> Result<(), rrpc_client::pool::PoolError> {
+/// let pool = Pool::connect_with(
+///     ["10.0.0.1:18812", "10.0.0.2:18812", "10.0.0.3:18812"],
+///     PoolOptions::default(), // per node: as many jobs as it has CPUs
+/// )
+/// .await?;
+/// let job = pool.submit_job(
+///     JobSpec::call("", "factoriz_sum", (600_851_475_143u64,))
+///         .not_retryable()
+///         .on_status(|info| eprintln!("job {} {:?} on {:?}", info.id, info.status, info.node)),
+/// );
+/// let value = job.clone().await?;
+/// let info = job.info(); // node, attempts, start and end times
+/// pool.wait_all().await;
+/// println!("{value} from {:?}\n{}", info.node, pool.stats());
+/// # Ok(())
+/// # }
+/// ```
 pub struct Pool {
     inner: Arc<Inner>,
 }

@@ -81,9 +81,11 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
-    fn status(&mut self, job: &JobShared, info: JobInfo) {
+    /// Queues a status callback with the job's snapshot (taken only when
+    /// the job has a callback: the hot path stays allocation-free).
+    fn status(&mut self, job: &JobShared) {
         if let Some(callback) = &job.spec.on_status {
-            self.statuses.push((callback.clone(), info));
+            self.statuses.push((callback.clone(), job.info()));
         }
     }
 
@@ -176,7 +178,7 @@ impl State {
         if let Some(err) = refused {
             return self.finish(&job, Err(err), None, fx);
         }
-        fx.status(&job, job.info());
+        fx.status(&job);
         self.queue.push_back(job);
         self.dispatch(cx, fx);
     }
@@ -193,7 +195,8 @@ impl State {
             };
             node.running += 1;
             node.started += 1;
-            fx.status(&job, job.started(&node.addr));
+            job.started(&node.addr);
+            fx.status(&job);
             let attempt = self.next_attempt;
             self.next_attempt += 1;
             let started = Instant::now();
@@ -329,7 +332,8 @@ impl State {
                 }
                 None => {
                     tracing::info!(job = id, node = %addr, "node lost: job re-queued");
-                    fx.status(&job, job.requeued(&addr));
+                    job.requeued(&addr);
+                    fx.status(&job);
                     self.queue.push_front(job);
                 }
             }
@@ -409,9 +413,9 @@ impl State {
             Err(PoolError::Cancelled(_)) => self.totals.cancelled += 1,
             Err(_) => self.totals.failed += 1,
         }
-        if let Some(info) = job.complete(result, duration) {
+        if job.complete(result, duration) {
             fx.finished += 1;
-            fx.status(job, info);
+            fx.status(job);
         }
     }
 }
