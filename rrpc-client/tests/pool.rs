@@ -92,8 +92,8 @@ async fn idle_nodes_are_preferred_and_concurrency_is_respected() {
             .await
             .unwrap();
         // Two jobs on two idle nodes: one each.
-        let a = pool.submit("", "square", (1, 200));
-        let b = pool.submit("", "square", (2, 200));
+        let a = pool.submit("", "square", (1, 1000));
+        let b = pool.submit("", "square", (2, 1000));
         common::eventually(5, || {
             a.status() == JobStatus::Running && b.status() == JobStatus::Running
         })
@@ -101,7 +101,7 @@ async fn idle_nodes_are_preferred_and_concurrency_is_respected() {
         assert_ne!(a.info().node, b.info().node, "both went to one node");
         // Four more: the cluster holds 4 at once, so 2 wait in the queue.
         let more: Vec<_> = (3..7)
-            .map(|n| pool.submit("", "square", (n, 200)))
+            .map(|n| pool.submit("", "square", (n, 1000)))
             .collect();
         let stats = pool.stats();
         assert_eq!((stats.running, stats.queued), (4, 2), "{stats:?}");
