@@ -34,6 +34,8 @@ cargo build --release --locked --examples --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/tour"
 "$bin/examples/classic_session"
+"$bin/examples/factorize"
+"$bin/examples/job_cluster"
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"

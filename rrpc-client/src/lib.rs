@@ -16,8 +16,10 @@
 pub mod blocking;
 mod connect;
 pub mod tls;
+pub mod pool;
 
 pub use connect::{connect, connect_with, ConnectOptions};
+pub use pool::{ClusterPool, JobHandle, JobSpec, Pool, PoolError, PoolOptions};
 pub use rrpc_core::{
     from_value, to_value, Args, AsyncResult, BgServing, Call, CallContext, Class, Config,
     Connection, ConnectionStats, Error, ErrorKind, Function, IntoArgs, Member, MemberKind,
