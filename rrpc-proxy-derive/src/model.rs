@@ -58,7 +58,8 @@ pub enum Output {
     Plain(Type),
     /// `Result<T, E>` written out: `E` absorbs transport errors.
     Result { ok: Type, err: Type },
-    /// A `Result` alias (`io::Result<T>`…): parts found by type projection.
+    /// Another type named `…Result` (`io::Result<T>`, `CalcResult<T>`): an
+    /// alias of `Result`, whose parts are found by type projection.
     ResultAlias(Type),
 }
 

@@ -353,7 +353,8 @@ fn output(ret: &ReturnType, errors: &mut Errors) -> Output {
     let Some(last) = path.path.segments.last() else {
         return Output::Plain(ty.clone());
     };
-    if last.ident != "Result" || path.qself.is_some() {
+    // `Result<T, E>`, or an alias such as `io::Result<T>` or `CalcResult<T>`.
+    if !last.ident.to_string().ends_with("Result") || path.qself.is_some() {
         return Output::Plain(ty.clone());
     }
     if let PathArguments::AngleBracketed(generics) = &last.arguments {

@@ -30,6 +30,10 @@ pub fn assert_wire<T: Wire>() {}
 pub fn assert_service_error<E: ServiceError>() {}
 
 /// The parts of a `Result` type, however it is spelled (aliases included).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is named like a `Result` but is not one",
+    note = "rrpc treats a method result whose type name ends in `Result` as fallible: return `Result<T, E>` or an alias of it"
+)]
 pub trait ResultParts {
     /// The success type.
     type Ok;

@@ -44,6 +44,11 @@ use crate::error::{Error, RemoteError};
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error type of an rrpc service method",
+    label = "not a `ServiceError`",
+    note = "implement `rrpc_core::ServiceError` for it (its kind and message on the wire, `From<rrpc_core::Error>` for transport errors), or return `Result<T, rrpc_core::Error>`"
+)]
 pub trait ServiceError: From<Error> + Send + 'static {
     /// What the server sends for this error.
     fn to_remote(&self) -> RemoteError;

@@ -22,6 +22,32 @@ pub fn service(service: &Service) -> TokenStream {
     }
 }
 
+/// `krate::typed::__private`, every token spanned at `span`: a call through
+/// it that fails a trait bound is reported at `span` (the user's type), not
+/// at the macro.
+fn private_at(krate: &syn::Path, span: proc_macro2::Span) -> TokenStream {
+    respan(quote!(#krate::typed::__private), span)
+}
+
+/// Moves every token of `tokens` to `span`'s location, keeping each token's
+/// hygiene (so `mixed_site` locals stay private to the generated code).
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(g) = &tt {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(g.span().located_at(span));
+                tt = TokenTree::Group(group);
+            } else {
+                tt.set_span(tt.span().located_at(span));
+            }
+            tt
+        })
+        .collect()
+}
+
 /// The `Ok` and `Err` types a caller sees for `output`.
 fn result_types(krate: &syn::Path, output: &Output) -> (TokenStream, TokenStream) {
     let transport = quote!(#krate::Error);

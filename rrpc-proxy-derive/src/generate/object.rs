@@ -3,7 +3,8 @@
 //! on the blocking pool and `async fn`s as tasks.
 
 use proc_macro2::{Span, TokenStream};
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::Ident;
 
 use crate::model::{Method, Output, Role, Service};
@@ -180,7 +181,8 @@ fn call_arm(service: &Service, m: &Method, name: &str, l: &Locals) -> TokenStrea
     let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
     let takes = m.args.iter().enumerate().map(|(i, a)| {
         let (ty, text) = (&a.ty, a.ident.to_string());
-        quote!(#private::take::<#ty>(&mut #args, #i, #text)?)
+        let private = super::private_at(krate, ty.span());
+        quote_spanned!(ty.span()=> #private::take::<#ty>(&mut #args, #i, #text)?)
     });
     let run = run(service, m, l);
     quote! {
@@ -207,16 +209,17 @@ fn getter_arm(service: &Service, m: &Method, attr: &str, l: &Locals) -> TokenStr
 /// `"attr" => { decode the value; run the setter }`.
 fn setter_arm(service: &Service, m: &Method, attr: &str, l: &Locals) -> TokenStream {
     let krate = &service.krate;
-    let private = quote!(#krate::typed::__private);
     let (value, err) = (&l.value, &l.err);
     let run = run(service, m, l);
     let Some(arg) = m.args.first() else {
         return TokenStream::new();
     };
     let (ident, ty) = (&arg.ident, &arg.ty);
+    let at_ty = super::private_at(krate, ty.span());
+    let take_attr = quote!(#at_ty::take_attr);
     quote! {
         #attr => {
-            let #ident: #ty = match #private::take_attr(#value, #attr) {
+            let #ident: #ty = match #take_attr(#value, #attr) {
                 ::core::result::Result::Ok(v) => v,
                 ::core::result::Result::Err(#err) => return #krate::Reply::err(#err),
             };
@@ -229,19 +232,22 @@ fn setter_arm(service: &Service, m: &Method, attr: &str, l: &Locals) -> TokenStr
 /// on the blocking pool, or as a task for an `async fn`.
 fn run(service: &Service, m: &Method, l: &Locals) -> TokenStream {
     let krate = &service.krate;
-    let private = quote!(#krate::typed::__private);
     let trait_ident = &service.ident;
     let this = &l.this;
     let ident = &m.ident;
     let names = m.args.iter().map(|a| &a.ident);
     let invoke = quote!(<T as #trait_ident>::#ident(&#this.inner, #(#names),*));
+    let span = super::proxy::output_span(&m.output).unwrap_or_else(|| ident.span());
+    let at_out = super::private_at(krate, span);
     let reply = match &m.output {
-        Output::Unit | Output::Plain(_) => quote!(#private::ok_value),
-        Output::Result { .. } | Output::ResultAlias(_) => quote!(#private::result_value),
+        Output::Unit | Output::Plain(_) => quote!(#at_out::ok_value),
+        Output::Result { .. } | Output::ResultAlias(_) => quote!(#at_out::result_value),
     };
     if m.is_async {
-        quote!(#krate::Reply::future(async move { #reply(#invoke.await) }))
+        let reply = super::respan(quote!(#reply(#invoke.await)), span);
+        quote!(#krate::Reply::future(async move { #reply }))
     } else {
-        quote!(#krate::Reply::blocking(move || #reply(#invoke)))
+        let reply = super::respan(quote!(#reply(#invoke)), span);
+        quote!(#krate::Reply::blocking(move || #reply))
     }
 }

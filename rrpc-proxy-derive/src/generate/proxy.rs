@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::{result_types, signature_text};
+use super::{private_at, respan, result_types, signature_text};
 use crate::model::{Method, Output, Role, Service};
 
 pub fn generate(service: &Service) -> TokenStream {
@@ -97,7 +97,6 @@ pub fn generate(service: &Service) -> TokenStream {
 
 fn method(service: &Service, m: &Method) -> TokenStream {
     let krate = &service.krate;
-    let private = quote!(#krate::typed::__private);
     let ident = &m.ident;
     let docs = &m.docs;
     let (ok, err) = result_types(krate, &m.output);
@@ -106,35 +105,59 @@ fn method(service: &Service, m: &Method) -> TokenStream {
         quote!(#ident: #ty)
     });
     let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
+    // Uses of a type are spanned at it, so a type that cannot cross the wire
+    // is reported at the type, not at the macro.
+    let encoded = m.args.iter().map(|a| {
+        let ident = &a.ident;
+        let private = private_at(krate, a.ty.span());
+        quote_spanned!(a.ty.span()=> #private::encode(&#ident))
+    });
+    let out_span = output_span(&m.output).unwrap_or_else(|| ident.span());
     match &m.role {
         Role::Method { name } => {
             let async_ident = format_ident!("{}_async", ident);
             let async_doc = format!("`{ident}`, started at once: its result arrives later.");
             let params: Vec<_> = params.collect();
+            let at_out = private_at(krate, out_span);
+            let call = respan(quote!(#at_out::call(&self.handle, #name, args)), out_span);
+            let start = respan(
+                quote!(#krate::TypedCall::start(self.#ident(#(#names),*))),
+                out_span,
+            );
             quote! {
                 #(#docs)*
                 pub fn #ident(&self, #(#params),*) -> #krate::TypedCall<#ok, #err> {
-                    #private::call(&self.handle, #name, [#(#private::encode(&#names)),*])
+                    let args = [#(#encoded),*];
+                    #call
                 }
 
                 #[doc = #async_doc]
                 pub fn #async_ident(&self, #(#params),*) -> #krate::TypedAsyncResult<#ok, #err> {
-                    self.#ident(#(#names),*).start()
+                    #start
                 }
             }
         }
-        Role::Getter { attr } => quote! {
-            #(#docs)*
-            pub fn #ident(&self) -> #krate::TypedCall<#ok, #err> {
-                #private::get(&self.handle, #attr)
+        Role::Getter { attr } => {
+            let at_out = private_at(krate, out_span);
+            let get = respan(quote!(#at_out::get(&self.handle, #attr)), out_span);
+            quote! {
+                #(#docs)*
+                pub fn #ident(&self) -> #krate::TypedCall<#ok, #err> {
+                    #get
+                }
             }
-        },
+        }
         Role::Setter { attr } => {
             let value = &names[0];
+            let at_value = private_at(krate, m.args[0].ty.span());
+            let set = respan(
+                quote!(#at_value::set(&self.handle, #attr, &#value)),
+                m.args[0].ty.span(),
+            );
             quote! {
                 #(#docs)*
                 pub fn #ident(&self, #(#params),*) -> #krate::TypedCall<(), #err> {
-                    #private::set(&self.handle, #attr, &#value)
+                    #set
                 }
             }
         }
@@ -182,23 +205,27 @@ fn members(service: &Service) -> TokenStream {
 /// result can cross the wire and every error type is a `ServiceError`.
 fn wire_checks(service: &Service) -> TokenStream {
     let krate = &service.krate;
-    let private = quote!(#krate::typed::__private);
     let mut checks = Vec::new();
     for m in &service.methods {
         for a in &m.args {
             let ty = &a.ty;
+            let private = private_at(krate, ty.span());
             checks.push(quote_spanned!(ty.span()=> #private::assert_wire::<#ty>();));
         }
         match &m.output {
             Output::Unit => {}
             Output::Plain(ty) => {
+                let private = private_at(krate, ty.span());
                 checks.push(quote_spanned!(ty.span()=> #private::assert_wire::<#ty>();));
             }
             Output::Result { ok, err } => {
+                let private = private_at(krate, ok.span());
                 checks.push(quote_spanned!(ok.span()=> #private::assert_wire::<#ok>();));
+                let private = private_at(krate, err.span());
                 checks.push(quote_spanned!(err.span()=> #private::assert_service_error::<#err>();));
             }
             Output::ResultAlias(ty) => {
+                let private = private_at(krate, ty.span());
                 checks.push(quote_spanned!(ty.span()=>
                     #private::assert_wire::<<#ty as #private::ResultParts>::Ok>();
                     #private::assert_service_error::<<#ty as #private::ResultParts>::Err>();
@@ -213,5 +240,14 @@ fn wire_checks(service: &Service) -> TokenStream {
                 #(#checks)*
             }
         };
+    }
+}
+
+/// Where a method's result type is written, if it is.
+pub(super) fn output_span(output: &Output) -> Option<proc_macro2::Span> {
+    match output {
+        Output::Unit => None,
+        Output::Plain(ty) | Output::ResultAlias(ty) => Some(ty.span()),
+        Output::Result { err, .. } => Some(err.span()),
     }
 }
