@@ -33,6 +33,7 @@ say "examples"
 cargo build --release --locked --examples --bins
 ./target/release/examples/tour
 ./target/release/examples/classic_session
+./target/release/examples/typed_factorize
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"
