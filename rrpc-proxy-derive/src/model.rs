@@ -57,7 +57,7 @@ pub enum Output {
     /// A plain type: the call fails only on transport errors.
     Plain(Type),
     /// `Result<T, E>` written out: `E` absorbs transport errors.
-    Result { ok: Type, err: Type },
+    Result { ok: Box<Type>, err: Box<Type> },
     /// Another type named `…Result` (`io::Result<T>`, `CalcResult<T>`): an
     /// alias of `Result`, whose parts are found by type projection.
     ResultAlias(Type),

@@ -14,7 +14,7 @@ use crate::model::{Arg, Method, Output, Role, Service};
 /// `#[rrpc]` attributes) so that code using it does not fail twice.
 pub struct Failure {
     errors: syn::Error,
-    item: Option<ItemTrait>,
+    item: Option<Box<ItemTrait>>,
 }
 
 impl Failure {
@@ -91,7 +91,7 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Failure>
     match errors.0 {
         Some(errors) => Err(Failure {
             errors,
-            item: Some(item),
+            item: Some(Box::new(item)),
         }),
         None => Ok(Service {
             vis: item.vis.clone(),
@@ -369,8 +369,8 @@ fn output(ret: &ReturnType, errors: &mut Errors) -> Output {
         if let [ok, err] = types.as_slice() {
             check_owned(ok, "result", errors);
             return Output::Result {
-                ok: (*ok).clone(),
-                err: (*err).clone(),
+                ok: Box::new((*ok).clone()),
+                err: Box::new((*err).clone()),
             };
         }
     }
