@@ -36,6 +36,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/classic_session"
 "$bin/examples/factorize"
 "$bin/examples/job_cluster"
+"$bin/examples/typed_factorize"
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"

@@ -13,6 +13,8 @@
 //! - [`Connection`]: one engine for both sides, with [`Proxy`] handles to the
 //!   peer's objects, [`Call`]s that are awaited, waited for or started as an
 //!   [`AsyncResult`].
+//! - [`typed`]: runtime support of typed proxies ([`TypedCall`],
+//!   [`Callback`], [`TypedProxy`], [`ServiceError`]).
 
 mod async_result;
 mod call;
@@ -24,6 +26,7 @@ mod objects;
 mod objects_kit;
 mod proxy;
 pub mod remote;
+pub mod typed;
 pub mod value;
 pub mod wire;
 
@@ -35,4 +38,5 @@ pub use error::{Error, ErrorKind, RemoteError};
 pub use objects_kit::{Class, Function, Namespace};
 pub use proxy::Proxy;
 pub use remote::{downcast, Args, CallContext, Member, MemberKind, Remote, Reply};
+pub use typed::{Callback, ServiceError, TypedAsyncResult, TypedCall, TypedProxy};
 pub use value::{from_value, to_value, Value, ValueError};
