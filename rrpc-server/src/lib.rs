@@ -23,5 +23,6 @@
 
 pub mod demo;
 mod server;
+pub mod services;
 
 pub use server::{Listening, RunningServer, Server, ServerHandle, ServerStats};
