@@ -14,7 +14,9 @@
 //! `.wait()` on each call.
 
 pub mod blocking;
+pub mod cli;
 mod connect;
+pub mod transfer;
 
 pub use connect::{connect, connect_with, ConnectOptions};
 pub use rrpc_core::{

@@ -1,1 +1,5 @@
-fn main() {}
+//! `rrpc`: the command-line client (see `rrpc --help`).
+
+fn main() -> std::process::ExitCode {
+    rrpc_client::cli::main()
+}
