@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rhai::{Dynamic, Engine, Scope};
+use rhai::{Dynamic, Engine, Scope, AST};
 use rrpc_core::{Args, CallContext, ErrorKind, Member, Remote, RemoteError, Reply, Value};
 
 /// Most operations one `execute`/`eval` may run.
@@ -38,9 +38,16 @@ impl Default for Script {
     }
 }
 
-/// The scope of one connection.
+/// The scope of one connection: its variables, and the functions its
+/// scripts defined (kept for later calls).
 #[derive(Default)]
-struct ConnScope(Mutex<Scope<'static>>);
+struct ConnScope(Mutex<ScopeState>);
+
+#[derive(Default)]
+struct ScopeState {
+    vars: Scope<'static>,
+    functions: AST,
+}
 
 fn script_error(what: &str, err: impl std::fmt::Display) -> RemoteError {
     RemoteError::custom("ScriptError", format!("{what}: {err}"))
@@ -66,24 +73,37 @@ impl Script {
     }
 
     fn run(&self, cx: &CallContext, method: &str, mut args: Args) -> Result<Value, RemoteError> {
-        let scope = cx.connection().extension::<ConnScope>();
-        let mut scope = scope.0.lock().unwrap_or_else(|p| p.into_inner());
+        let state = cx.connection().extension::<ConnScope>();
+        let mut state = state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let ScopeState {
+            vars: scope,
+            functions,
+        } = &mut *state;
         match method {
             "execute" => {
                 args.expect_count(1, 1)?;
                 let code: String = args.take(0, "code")?;
-                declare_assigned(&mut scope, &code)?;
-                self.engine
-                    .run_with_scope(&mut scope, &code)
+                declare_assigned(scope, &code)?;
+                let ast = self
+                    .engine
+                    .compile_with_scope(scope, &code)
                     .map_err(|e| script_error("execute", e))?;
+                self.engine
+                    .run_ast_with_scope(scope, &functions.merge(&ast))
+                    .map_err(|e| script_error("execute", e))?;
+                *functions = functions.merge(&ast.clone_functions_only());
                 Ok(Value::Unit)
             }
             "eval" => {
                 args.expect_count(1, 1)?;
                 let expr: String = args.take(0, "expr")?;
+                let ast = self
+                    .engine
+                    .compile_with_scope(scope, &expr)
+                    .map_err(|e| script_error("eval", e))?;
                 let result: Dynamic = self
                     .engine
-                    .eval_with_scope(&mut scope, &expr)
+                    .eval_ast_with_scope(scope, &functions.merge(&ast))
                     .map_err(|e| script_error("eval", e))?;
                 to_value(result)
             }
@@ -121,6 +141,7 @@ impl Script {
             )),
             "reset" => {
                 scope.clear();
+                *functions = AST::empty();
                 Ok(Value::Unit)
             }
             other => Err(RemoteError::no_such_method("script", other)),

@@ -67,7 +67,9 @@ impl Fs {
         let text = path.to_str().ok_or_else(|| {
             RemoteError::bad_argument(format!("open: {} is not UTF-8", path.display()))
         })?;
-        RemoteFile::open(text, &mode).map(Value::object)
+        RemoteFile::open(text, &mode)
+            .map(Value::object)
+            .map_err(|e| RemoteError::new(e.kind, format!("open {text}: {}", e.message)))
     }
 
     /// `open` for callers that hold the service elsewhere (the root's `open`).
