@@ -33,6 +33,7 @@ say "examples"
 cargo build --release --locked --examples --bins
 ./target/release/examples/tour
 ./target/release/examples/classic_session
+./target/release/examples/exec_proxy
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"
@@ -47,9 +48,15 @@ done
 addr=$(sed -n 's/^rrpc-server listening on //p' "$ready")
 [ -n "$addr" ] || { echo "rrpc-server printed no ready line"; exit 1; }
 ./target/release/examples/classic_session --connect "$addr"
+./target/release/examples/exec_proxy --connect "$addr"
 kill -TERM "$server_pid"
 wait "$server_pid"
 trap - EXIT
 rm -f "$ready"
+
+# The toolbox's 1 GiB upload and download with matching SHA-256 digests in
+# bounded memory (ignored by default: it moves 2 GiB; release mode keeps it short).
+say "1 GiB transfer through fs"
+cargo test --release --locked -p rrpc-server --test big_transfer -- --ignored --nocapture
 
 say "all checks passed"
