@@ -39,6 +39,15 @@ fn main() -> Result<()> {
     let gandalf = rrpc_client::blocking::connect(addr.as_str())?;
     let root = gandalf.root();
 
+    // The article opens with the classic service's execute/eval.
+    step("gandalf.execute('n=2')");
+    let script = root.get("script").wait()?.into_proxy()?;
+    script.call("execute", ("n=2",)).wait()?;
+    step("gandalf.eval('n+1')");
+    let three = script.call("eval", ("n+1",)).wait()?;
+    println!("  -> {three}");
+    ensure!(three.as_i64() == Some(3), "eval('n+1') should be 3");
+
     // A file to open remotely: the article reads mymodule.py.
     let dir = std::env::temp_dir().join(format!("rrpc-classic-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -181,7 +190,10 @@ impl InProcessServer {
     fn start() -> Result<Self> {
         let runtime = tokio::runtime::Runtime::new()?;
         let listening = runtime.block_on(
-            rrpc_server::Server::new(rrpc_server::demo::namespace()).bind("127.0.0.1:0"),
+            rrpc_server::Server::new(rrpc_server::services::stock_root(
+                &rrpc_server::services::ToolboxOptions::default(),
+            )?)
+            .bind("127.0.0.1:0"),
         )?;
         let addr = listening.local_addr().to_string();
         runtime.spawn(listening.serve());

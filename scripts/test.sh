@@ -37,6 +37,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/factorize"
 "$bin/examples/job_cluster"
 "$bin/examples/typed_factorize"
+"$bin/examples/exec_proxy"
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"
@@ -51,9 +52,15 @@ done
 addr=$(sed -n 's/^rrpc-server listening on //p' "$ready")
 [ -n "$addr" ] || { echo "rrpc-server printed no ready line"; exit 1; }
 "$bin/examples/classic_session" --connect "$addr"
+"$bin/examples/exec_proxy" --connect "$addr"
 kill -TERM "$server_pid"
 wait "$server_pid"
 trap - EXIT
 rm -f "$ready"
+
+# The toolbox's 1 GiB upload and download with matching SHA-256 digests in
+# bounded memory (ignored by default: it moves 2 GiB; release mode keeps it short).
+say "1 GiB transfer through fs"
+cargo test --release --locked -p rrpc-server --test big_transfer -- --ignored --nocapture
 
 say "all checks passed"

@@ -19,9 +19,11 @@
 //! `#[rrpc_client::service(crate = "::rrpc_client::core")]`.
 
 pub mod blocking;
+pub mod cli;
 mod connect;
 pub mod pool;
 pub mod tls;
+pub mod transfer;
 
 pub use connect::{connect, connect_with, ConnectOptions};
 pub use pool::{ClusterPool, JobHandle, JobSpec, Pool, PoolError, PoolOptions};

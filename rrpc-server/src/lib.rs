@@ -23,6 +23,7 @@
 
 pub mod demo;
 mod server;
+pub mod services;
 pub mod tls;
 
 pub use server::{Listening, RunningServer, Server, ServerHandle, ServerStats};

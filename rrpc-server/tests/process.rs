@@ -130,6 +130,9 @@ async fn help_describes_the_flags() {
         "--max-connections",
         "--tls-cert",
         "--generate-certs",
+        "--expose",
+        "--read-only",
+        "--fs-root",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
@@ -242,6 +245,63 @@ async fn the_binary_serves_tls_with_generated_certificates_and_a_secret_from_a_f
             .await
             .unwrap_err();
         assert!(matches!(err, rrpc_client::Error::AuthFailed(_)), "{err}");
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn restriction_flags_hide_services_and_guard_files() {
+    within(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "in").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+            .args([
+                "--port",
+                "0",
+                "--expose",
+                "fs,sys",
+                "--read-only",
+                "--fs-root",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next_line().await.unwrap().expect("the ready line");
+        let addr = line
+            .strip_prefix("rrpc-server listening on ")
+            .unwrap()
+            .to_owned();
+        let conn = rrpc_client::connect(&addr).await.unwrap();
+        let root = conn.root();
+        for hidden in ["proc", "script"] {
+            let err = root.get(hidden).await.unwrap_err();
+            assert_eq!(err.remote_kind(), Some(&ErrorKind::NotExposed), "{err}");
+        }
+        let fs = root.get("fs").await.unwrap().into_proxy().unwrap();
+        assert_eq!(
+            fs.call("read", ("in.txt",)).await.unwrap().as_str(),
+            Some("in")
+        );
+        let err = fs.call("write", ("in.txt", "x")).await.unwrap_err();
+        assert_eq!(
+            err.remote_kind(),
+            Some(&ErrorKind::PermissionDenied),
+            "{err}"
+        );
+        let err = fs.call("read", ("/etc/hostname",)).await.unwrap_err();
+        assert_eq!(
+            err.remote_kind(),
+            Some(&ErrorKind::PermissionDenied),
+            "{err}"
+        );
+        let sys = root.get("sys").await.unwrap().into_proxy().unwrap();
+        assert!(sys.call("hostname", ()).await.is_ok());
         child.start_kill().unwrap();
         let _ = child.wait().await;
     })

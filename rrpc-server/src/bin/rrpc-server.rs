@@ -1,14 +1,16 @@
 //! `rrpc-server`: the slave server to run on every host of an ad-hoc cluster.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use rrpc_core::handshake::Secret;
-use rrpc_core::{Config, Namespace};
+use rrpc_core::Config;
+use rrpc_server::services::{stock_root, Service, ToolboxOptions};
 use rrpc_server::tls::{ClusterCerts, TlsServer};
-use rrpc_server::{demo, Server};
+use rrpc_server::Server;
 
 /// Serve rrpc objects on this host (like RPyC's `rpyc_classic`).
 #[derive(Debug, Parser)]
@@ -66,6 +68,50 @@ struct Cli {
     /// for (repeatable; localhost and 127.0.0.1 are always included).
     #[arg(long = "cert-name", value_name = "NAME")]
     cert_names: Vec<String>,
+    /// Services to expose (comma-separated: fs, proc, sys, script); default all.
+    #[arg(long, value_delimiter = ',', value_name = "SERVICES")]
+    expose: Option<Vec<Service>>,
+    /// Do not expose the file service (`fs`, and the root's `open`).
+    #[arg(long)]
+    no_fs: bool,
+    /// Do not expose the process service (`proc`).
+    #[arg(long)]
+    no_proc: bool,
+    /// Do not expose the system service (`sys`).
+    #[arg(long)]
+    no_sys: bool,
+    /// Do not expose the script engine (`script`).
+    #[arg(long)]
+    no_script: bool,
+    /// Confine the file service to this directory: paths outside it are refused.
+    #[arg(long, value_name = "DIR")]
+    fs_root: Option<PathBuf>,
+    /// Refuse every file-service operation that would change a file.
+    #[arg(long)]
+    read_only: bool,
+}
+
+impl Cli {
+    fn toolbox(&self) -> ToolboxOptions {
+        let mut options = ToolboxOptions::default().read_only(self.read_only);
+        if let Some(services) = &self.expose {
+            options = options.expose_only(services.iter().copied());
+        }
+        for (off, service) in [
+            (self.no_fs, Service::Fs),
+            (self.no_proc, Service::Proc),
+            (self.no_sys, Service::Sys),
+            (self.no_script, Service::Script),
+        ] {
+            if off {
+                options = options.without(service);
+            }
+        }
+        if let Some(root) = &self.fs_root {
+            options = options.fs_root(root);
+        }
+        options
+    }
 }
 
 fn main() -> ExitCode {
@@ -170,9 +216,21 @@ async fn run(cli: Cli) -> ExitCode {
             cli.host
         );
     }
-    let mut root = Namespace::new("rrpc-server");
-    demo::add_to(&mut root);
-    root.insert("demo", rrpc_core::Value::object(demo::namespace()));
+    let options = cli.toolbox();
+    let root = match stock_root(&options) {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("rrpc-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exposed: Vec<&str> = options.expose.iter().map(|s| s.name()).collect();
+    tracing::info!(
+        services = %exposed.join(","),
+        fs_root = ?options.fs_root,
+        read_only = options.read_only,
+        "toolbox"
+    );
     let server = Server::new(root)
         .with_config(config)
         .with_connection_limits(cli.max_connections, cli.max_connections_per_peer)
