@@ -259,6 +259,8 @@ async fn measure(
                     rrpc::bulk_up(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
                 };
                 r.rrpc(name, rate, "MB/s");
+                // Bounded by the chunk size and window, not the transfer
+                // size: compare the quick run (32 MiB) with the full one.
                 for (who, pid) in [("client", me), ("server", server.pid)] {
                     if let Some(peak) = peak_rss(pid) {
                         r.rrpc(format!("{name}_peak_rss_{who}"), mib(peak), "MiB");
