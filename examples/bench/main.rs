@@ -115,8 +115,10 @@ fn main() -> Result<()> {
         Some(addr) => Some(resolve(&addr)?),
         None => None,
     };
-    let plan = if quick { &QUICK } else { &FULL };
-    runtime.block_on(run(plan, connect))
+    let plan: &'static Plan = if quick { &QUICK } else { &FULL };
+    // Measure from a task on the runtime's workers, as an async application
+    // runs, not from the thread that blocks on the runtime.
+    runtime.block_on(async move { tokio::spawn(run(plan, connect)).await? })
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -163,22 +165,7 @@ async fn measure(
     match target.bench() {
         Some(bench) => {
             eprintln!("conn_mem: {} idle connections", plan.idle_connections);
-            let (client0, server0) = (rss(me), rss(server.pid));
-            let conns = rrpc::idle_connections(target.addr, plan.idle_connections).await?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let per = |before: Option<u64>, after: Option<u64>| {
-                Some(after?.saturating_sub(before?) as f64 / plan.idle_connections as f64)
-            };
-            if let Some(b) = per(server0, rss(server.pid)) {
-                r.rrpc("conn_mem", b, "B/conn");
-            }
-            if let Some(b) = per(client0, rss(me)) {
-                r.rrpc("conn_mem_client", b, "B/conn");
-            }
-            for conn in &conns {
-                conn.close();
-            }
-            drop(conns);
+            conn_mem(plan, &target, server.pid, r).await;
 
             eprintln!("proxy_mem: {} live proxies", plan.proxies);
             let mut proxies = Vec::with_capacity(plan.proxies);
@@ -275,6 +262,30 @@ async fn measure(
     }
     target.close().await;
     Ok(())
+}
+
+/// Server (and client) bytes per idle connection. A failure (a low limit
+/// on open files, say) skips the figure instead of ending the run.
+async fn conn_mem(plan: &Plan, target: &Target, server_pid: u32, r: &mut Results) {
+    let me = std::process::id();
+    let (client0, server0) = (rss(me), rss(server_pid));
+    let conns = match rrpc::idle_connections(target.addr, plan.idle_connections).await {
+        Ok(conns) => conns,
+        Err(e) => return r.skip("conn_mem", format!("{e:#}")),
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per = |before: Option<u64>, after: Option<u64>| {
+        Some(after?.saturating_sub(before?) as f64 / plan.idle_connections as f64)
+    };
+    if let Some(b) = per(server0, rss(server_pid)) {
+        r.rrpc("conn_mem", b, "B/conn");
+    }
+    if let Some(b) = per(client0, rss(me)) {
+        r.rrpc("conn_mem_client", b, "B/conn");
+    }
+    for conn in &conns {
+        conn.close();
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
