@@ -238,6 +238,13 @@ async fn measure(
     r.raw("bulk", rate, "MB/s");
     match target.bench() {
         Some(bench) => {
+            // The RSS the transfers start from: their peaks stay within a
+            // few chunks of it, whatever the transfer size.
+            for (who, pid) in [("client", me), ("server", server.pid)] {
+                if let Some(before) = rss(pid) {
+                    r.rrpc(format!("bulk_rss_before_{who}"), mib(before), "MiB");
+                }
+            }
             for (name, down) in [("bulk_down", true), ("bulk_up", false)] {
                 let reset = reset_peak(me) && reset_peak(server.pid);
                 let rate = if down {
@@ -246,8 +253,6 @@ async fn measure(
                     rrpc::bulk_up(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
                 };
                 r.rrpc(name, rate, "MB/s");
-                // Bounded by the chunk size and window, not the transfer
-                // size: compare the quick run (32 MiB) with the full one.
                 for (who, pid) in [("client", me), ("server", server.pid)] {
                     if let Some(peak) = peak_rss(pid) {
                         r.rrpc(format!("{name}_peak_rss_{who}"), mib(peak), "MiB");

@@ -289,6 +289,18 @@ const ROWS: &[Row] = &[
         Some(Target::RatioAtLeast(0.8)),
     ),
     row(
+        "bulk RSS before client",
+        "bulk_rss_before_client",
+        None,
+        None,
+    ),
+    row(
+        "bulk RSS before server",
+        "bulk_rss_before_server",
+        None,
+        None,
+    ),
+    row(
         "bulk_down peak client",
         "bulk_down_peak_rss_client",
         None,
