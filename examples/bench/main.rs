@@ -109,7 +109,10 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     if serve {
-        return runtime.block_on(serve::run());
+        let outcome = runtime.block_on(serve::run());
+        // The parent is done with us (or gone): leave without draining.
+        runtime.shutdown_background();
+        return outcome;
     }
     let connect = match connect {
         Some(addr) => Some(resolve(&addr)?),
