@@ -38,6 +38,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/job_cluster"
 "$bin/examples/typed_factorize"
 "$bin/examples/exec_proxy"
+"$bin/examples/bench" --quick
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"
