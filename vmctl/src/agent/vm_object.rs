@@ -1,0 +1,384 @@
+//! One VM as the agent holds it ([`VmEntry`]) and as clients see it
+//! ([`VmObject`], sent by reference).
+//!
+//! The agent's table owns the entries, and an entry owns its [`Vm`] and every
+//! task started for it (readiness timing, subscriptions). Clients only get a
+//! [`VmObject`], which holds a weak reference: when the agent drops its table
+//! the VMs are killed even while clients still hold proxies, and calls
+//! through those proxies then fail with a clear error.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use rrpc_core::{
+    to_value, Args, CallContext, ErrorKind, Member, Proxy, Remote, RemoteError, Reply, Value,
+};
+
+use super::report::{EndReport, StateEvent, VmInfo, VmStatus};
+use crate::net::VmAddress;
+use crate::task::AbortOnDrop;
+use crate::vm::{PowerDownPolicy, Vm, VmState};
+
+/// The most subscriptions one VM keeps at once.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+/// The longest wait a client may ask for, seconds.
+const MAX_WAIT_SECS: f64 = 24.0 * 3600.0;
+
+/// A VM in the agent's table.
+pub struct VmEntry {
+    pub(crate) vm: Vm,
+    pub(crate) addr: VmAddress,
+    launched: Instant,
+    ready_after: Arc<OnceLock<Duration>>,
+    tasks: Mutex<Vec<AbortOnDrop>>,
+    handle: Arc<VmObject>,
+}
+
+impl std::fmt::Debug for VmEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmEntry")
+            .field("vm", &self.vm)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmEntry {
+    /// Takes ownership of a launched VM (`launched` is when QEMU was started).
+    pub(crate) fn new(vm: Vm, addr: VmAddress, launched: Instant) -> Arc<VmEntry> {
+        let ready_after = Arc::new(OnceLock::new());
+        let mut states = vm.subscribe();
+        let cell = Arc::clone(&ready_after);
+        let timer = AbortOnDrop::new(tokio::spawn(async move {
+            if let Ok(s) = states
+                .wait_for(|s| *s == VmState::Ready || s.is_final())
+                .await
+            {
+                if *s == VmState::Ready {
+                    let _ = cell.set(launched.elapsed());
+                }
+            }
+        }));
+        let name = vm.name().to_owned();
+        Arc::new_cyclic(|weak| VmEntry {
+            vm,
+            addr,
+            launched,
+            ready_after,
+            tasks: Mutex::new(vec![timer]),
+            handle: Arc::new(VmObject {
+                name,
+                entry: weak.clone(),
+            }),
+        })
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The object clients get for this VM (always the same one, so the same
+    /// VM arrives as the same proxy).
+    pub fn handle(&self) -> Value {
+        Value::Object(self.handle.clone())
+    }
+
+    /// Time from launch to ready, once ready.
+    pub fn ready_after(&self) -> Option<Duration> {
+        self.ready_after.get().copied()
+    }
+
+    /// When QEMU was started.
+    pub fn launched(&self) -> Instant {
+        self.launched
+    }
+
+    /// `info()`.
+    pub fn info(&self) -> VmInfo {
+        let spec = self.vm.spec();
+        let state = self.vm.state();
+        VmInfo {
+            name: spec.name.clone(),
+            block: self.addr.block(),
+            index: self.addr.index(),
+            mac: self.addr.mac().to_string(),
+            ip: self.addr.ip().to_string(),
+            state: super::report::state_name(&state).to_owned(),
+            detail: state.to_string(),
+            seconds_to_ready: self.ready_after().map(|d| d.as_secs_f64()),
+            pid: self.vm.pid(),
+            accel: self.vm.accel().accel.to_string(),
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+        }
+    }
+
+    /// Powers the VM down with `policy` and reports how it ended.
+    pub async fn power_down(&self, policy: &PowerDownPolicy) -> EndReport {
+        let t0 = Instant::now();
+        let result = self.vm.power_down(policy).await;
+        EndReport::from_result(self.vm.name(), &result, Some(t0.elapsed().as_secs_f64()))
+    }
+
+    /// Calls `callback` with the current state and then on every change, from
+    /// a task this entry owns. It stops after the final state, when the
+    /// callback's connection closes, or when the entry is dropped. Changes
+    /// that follow each other faster than the callback returns are merged
+    /// (the latest wins); the final state is always delivered.
+    pub(crate) fn subscribe(&self, callback: Proxy) -> Result<(), RemoteError> {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .map_err(|_| RemoteError::internal("VM task list poisoned"))?;
+        tasks.retain(|t| !t.is_finished());
+        // The first task is the readiness timer, which may have finished.
+        if tasks.len() >= MAX_SUBSCRIPTIONS {
+            return Err(RemoteError::new(
+                ErrorKind::Refused,
+                format!(
+                    "VM {} already has {MAX_SUBSCRIPTIONS} subscriptions",
+                    self.vm.name()
+                ),
+            ));
+        }
+        let mut states = self.vm.subscribe();
+        let name = self.vm.name().to_owned();
+        tasks.push(AbortOnDrop::new(tokio::spawn(async move {
+            let conn = callback.connection().clone();
+            let closed = conn.closed();
+            tokio::pin!(closed);
+            let mut state = states.borrow_and_update().clone();
+            loop {
+                let event = match to_value(&StateEvent::of(&name, &state)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(vm = %name, "cannot encode a state event: {e}");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    result = callback.invoke((event,)) => {
+                        if let Err(e) = result {
+                            if e.is_connection_lost() || conn.is_closed() {
+                                tracing::debug!(vm = %name, "subscriber gone: {e}");
+                                return;
+                            }
+                            tracing::warn!(vm = %name, "subscriber callback failed: {e}");
+                        }
+                    }
+                    _ = &mut closed => return,
+                }
+                if state.is_final() {
+                    return;
+                }
+                tokio::select! {
+                    changed = states.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut closed => return,
+                }
+                state = states.borrow_and_update().clone();
+            }
+        })));
+        Ok(())
+    }
+}
+
+/// The remote face of a VM: `info`, `status`, `wait_ready`, `powerdown`,
+/// `quit`, `kill`, `wait`, `console_tail`, `subscribe`, `pause`, `resume`.
+#[derive(Debug)]
+pub struct VmObject {
+    name: String,
+    entry: Weak<VmEntry>,
+}
+
+impl VmObject {
+    fn entry(&self) -> Result<Arc<VmEntry>, RemoteError> {
+        self.entry.upgrade().ok_or_else(|| {
+            RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "VM {} is no longer managed by its agent (the agent stopped)",
+                    self.name
+                ),
+            )
+        })
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Value, RemoteError> {
+    to_value(value).map_err(|e| RemoteError::internal(format!("cannot encode a reply: {e}")))
+}
+
+/// Reads optional argument `index` as seconds (a non-negative number).
+pub(crate) fn seconds_arg(
+    args: &mut Args,
+    index: usize,
+    name: &str,
+) -> Result<Option<Duration>, RemoteError> {
+    let Some(secs) = args.take_opt::<f64>(index, name)? else {
+        return Ok(None);
+    };
+    if !(0.0..=MAX_WAIT_SECS).contains(&secs) {
+        return Err(RemoteError::bad_argument(format!(
+            "argument {index} (`{name}`): {secs} seconds is not within 0..={MAX_WAIT_SECS}"
+        )));
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+fn vm_err(e: crate::vm::VmError) -> RemoteError {
+    use crate::vm::VmError;
+    let kind = match &e {
+        VmError::Timeout { .. } => ErrorKind::Timeout,
+        VmError::NotRunning { .. } | VmError::Crashed { .. } => ErrorKind::Custom("VmEnded".into()),
+        _ => ErrorKind::Io,
+    };
+    RemoteError::new(kind, e.to_string())
+}
+
+impl Remote for VmObject {
+    fn type_name(&self) -> &str {
+        "Vm"
+    }
+
+    fn get_attr(self: Arc<Self>, _cx: CallContext, name: &str) -> Reply {
+        match name {
+            "name" => Reply::ready(self.name.as_str()),
+            _ => Reply::err(RemoteError::no_such_attribute("Vm", name)),
+        }
+    }
+
+    fn call(self: Arc<Self>, _cx: CallContext, method: &str, mut args: Args) -> Reply {
+        let entry = match self.entry() {
+            Ok(e) => e,
+            Err(e) => return Reply::err(e),
+        };
+        match method {
+            "info" => encode(&entry.info()).into(),
+            "console_tail" => Reply::ready(entry.vm.console_tail()),
+            "status" => Reply::future(async move {
+                let state = entry.vm.state();
+                let mut status = VmStatus::of(entry.vm.name(), &state);
+                if !state.is_final() {
+                    status.qmp_status = entry.vm.query_status().await.ok().map(|s| s.status);
+                }
+                encode(&status)
+            }),
+            "wait_ready" => {
+                let timeout = match seconds_arg(&mut args, 0, "timeout") {
+                    Ok(t) => t.unwrap_or(Duration::from_secs(60)),
+                    Err(e) => return Reply::err(e),
+                };
+                Reply::future(async move {
+                    entry.vm.wait_ready(timeout).await.map_err(vm_err)?;
+                    encode(&entry.info())
+                })
+            }
+            "wait" => {
+                let timeout = match seconds_arg(&mut args, 0, "timeout") {
+                    Ok(t) => t,
+                    Err(e) => return Reply::err(e),
+                };
+                Reply::future(async move {
+                    let wait = entry.vm.wait_stopped();
+                    let state = match timeout {
+                        None => wait.await,
+                        Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
+                            RemoteError::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "VM {} did not stop within {t:?}; it is {}",
+                                    entry.vm.name(),
+                                    entry.vm.state()
+                                ),
+                            )
+                        })?,
+                    };
+                    encode(&VmStatus::of(entry.vm.name(), &state))
+                })
+            }
+            "powerdown" => {
+                let policy = match seconds_arg(&mut args, 0, "grace") {
+                    Ok(Some(g)) => PowerDownPolicy {
+                        graceful: g,
+                        ..PowerDownPolicy::default()
+                    },
+                    Ok(None) => PowerDownPolicy::default(),
+                    Err(e) => return Reply::err(e),
+                };
+                Reply::future(async move { encode(&entry.power_down(&policy).await) })
+            }
+            "quit" => Reply::future(async move {
+                let t0 = Instant::now();
+                let result = entry.vm.quit(Duration::from_secs(10)).await;
+                encode(&EndReport::from_result(
+                    entry.vm.name(),
+                    &result,
+                    Some(t0.elapsed().as_secs_f64()),
+                ))
+            }),
+            "kill" => Reply::future(async move {
+                let t0 = Instant::now();
+                let result = entry.vm.kill().await;
+                encode(&EndReport::from_result(
+                    entry.vm.name(),
+                    &result,
+                    Some(t0.elapsed().as_secs_f64()),
+                ))
+            }),
+            "pause" => Reply::future(async move {
+                entry.vm.pause().await.map_err(vm_err)?;
+                Ok::<_, RemoteError>(())
+            }),
+            "resume" => Reply::future(async move {
+                entry.vm.resume().await.map_err(vm_err)?;
+                Ok::<_, RemoteError>(())
+            }),
+            "subscribe" => {
+                let callback = match args.take_value(0, "callback") {
+                    Ok(Value::Proxy(p)) => p,
+                    Ok(other) => {
+                        return Reply::err(RemoteError::bad_argument(format!(
+                            "argument 0 (`callback`): expected a callable passed by \
+                             reference, got {}",
+                            other.type_name()
+                        )))
+                    }
+                    Err(e) => return Reply::err(e),
+                };
+                entry.subscribe(callback).into()
+            }
+            _ => Reply::err(RemoteError::no_such_method("Vm", method)),
+        }
+    }
+
+    fn members(&self) -> Vec<Member> {
+        vec![
+            Member::attribute("name", "str"),
+            Member::method(
+                "info",
+                "info() -> {name, block, index, mac, ip, state, detail, seconds_to_ready, pid, accel, cpus, memory_mib}",
+            ),
+            Member::method("status", "status() -> {name, state, detail, ended, how, qmp_status}"),
+            Member::method("wait_ready", "wait_ready(timeout: float = 60) -> info"),
+            Member::method("wait", "wait(timeout: float = None) -> status"),
+            Member::method(
+                "powerdown",
+                "powerdown(grace: float = 60) -> {name, how, detail, seconds}",
+            ),
+            Member::method("quit", "quit() -> {name, how, detail, seconds}"),
+            Member::method("kill", "kill() -> {name, how, detail, seconds}"),
+            Member::method("pause", "pause()"),
+            Member::method("resume", "resume()"),
+            Member::method("console_tail", "console_tail() -> str"),
+            Member::method(
+                "subscribe",
+                "subscribe(callback: fn({vm, state, detail, ended, console_tail}))",
+            ),
+        ]
+    }
+}
