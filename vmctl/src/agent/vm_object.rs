@@ -86,6 +86,11 @@ impl VmEntry {
 
     /// Time from launch to ready, once ready.
     pub fn ready_after(&self) -> Option<Duration> {
+        if self.ready_after.get().is_none() && self.vm.state() == VmState::Ready {
+            // Seen before the timer task ran: now is within a scheduling
+            // delay of the real moment.
+            let _ = self.ready_after.set(self.launched.elapsed());
+        }
         self.ready_after.get().copied()
     }
 
