@@ -166,8 +166,9 @@ impl JobSummary {
 }
 
 /// Runs the job. `on_listening` is called once the agent accepts
-/// connections (the binary prints its ready line there); `signal` ends the
-/// wait early.
+/// connections and every VM has been launched (so `node.list()` shows them
+/// all; the binary prints its ready line there); `signal` ends the wait
+/// early.
 pub async fn run(
     config: JobConfig,
     signal: impl Future<Output = StopSignal>,
@@ -223,7 +224,7 @@ pub async fn run(
             addr: config.listen.clone(),
             source,
         })?;
-    on_listening(listening.local_addr());
+    let addr = listening.local_addr();
     let server = listening.spawn();
 
     let spec = LaunchSpec {
@@ -244,6 +245,9 @@ pub async fn run(
             }
         }
     }
+
+    // Every VM is in the agent's list by now.
+    on_listening(addr);
 
     let all_stopped = async {
         for e in &entries {

@@ -78,30 +78,34 @@ impl std::fmt::Display for StopSignal {
     }
 }
 
-/// Completes on SIGINT or SIGTERM. If the handlers cannot be installed it
-/// logs why and never completes (the process is then stopped by the default
-/// signal action instead).
-pub async fn shutdown_signal() -> StopSignal {
+/// Completes on SIGINT or SIGTERM. The handlers are installed at once (call
+/// it early: a signal that arrives before is not lost, it is delivered when
+/// the future is first polled). Must be called inside a Tokio runtime. If a
+/// handler cannot be installed, that signal keeps its default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = StopSignal> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+    let install = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!("cannot handle SIGTERM: {e}");
-            return match tokio::signal::ctrl_c().await {
-                Ok(()) => StopSignal::Interrupt,
-                Err(_) => std::future::pending().await,
-            };
+            tracing::error!("cannot handle {name}: {e}");
+            None
         }
     };
-    tokio::select! {
-        _ = term.recv() => StopSignal::Terminate,
-        r = tokio::signal::ctrl_c() => match r {
-            Ok(()) => StopSignal::Interrupt,
-            Err(e) => {
-                tracing::error!("cannot handle SIGINT: {e}");
-                term.recv().await;
-                StopSignal::Terminate
-            }
-        },
+    let mut term = install(SignalKind::terminate(), "SIGTERM");
+    let mut int = install(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            _ = recv(&mut term) => StopSignal::Terminate,
+            _ = recv(&mut int) => StopSignal::Interrupt,
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
