@@ -34,6 +34,7 @@ cargo build --release --locked --examples --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/tour"
 "$bin/examples/classic_session"
+"$bin/examples/vm_driver"    # real QEMU: two in-process node agents, tiny guests
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"

@@ -58,6 +58,8 @@ pub struct JobConfig {
     pub grace: Duration,
     /// Where the agent listens.
     pub listen: String,
+    /// The agent server's connection settings (shared secret, limits).
+    pub server: rrpc_core::Config,
     /// The agent (block, guest directory, reserve, …).
     pub agent: AgentConfig,
     /// What each VM boots (cpus and memory are set from the plan).
@@ -218,12 +220,16 @@ pub async fn run(
         None => plan.memory_per_vm_mib,
     };
 
-    let listening = serve::bind(Arc::clone(&agent), config.listen.as_str())
-        .await
-        .map_err(|source| JobError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
+    let listening = serve::bind_with(
+        Arc::clone(&agent),
+        config.listen.as_str(),
+        config.server.clone(),
+    )
+    .await
+    .map_err(|source| JobError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
     let addr = listening.local_addr();
     let server = listening.spawn();
 

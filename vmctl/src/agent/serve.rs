@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rrpc_core::{Namespace, Value};
+use rrpc_core::{Config, Namespace, Value};
 use rrpc_server::{Listening, Server};
 use tokio::net::ToSocketAddrs;
 
@@ -21,7 +21,18 @@ pub fn root(agent: Arc<NodeAgent>) -> Namespace {
 
 /// Binds a server for `agent` on `addr` (`127.0.0.1:0` picks a free port).
 pub async fn bind(agent: Arc<NodeAgent>, addr: impl ToSocketAddrs) -> std::io::Result<Listening> {
+    bind_with(agent, addr, Config::default()).await
+}
+
+/// Like [`bind`], with a connection configuration (e.g. a shared secret
+/// clients must prove they know).
+pub async fn bind_with(
+    agent: Arc<NodeAgent>,
+    addr: impl ToSocketAddrs,
+    config: Config,
+) -> std::io::Result<Listening> {
     Server::new(root(agent))
+        .with_config(config)
         .with_shutdown_grace(Duration::from_secs(5))
         .bind(addr)
         .await

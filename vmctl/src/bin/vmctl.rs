@@ -73,9 +73,37 @@ struct AgentArgs {
     /// Fraction of the node's memory kept for the host.
     #[arg(long, default_value_t = vmctl::plan::DEFAULT_RESERVE)]
     reserve: f64,
+    /// File holding the shared secret clients must prove they know (also
+    /// from the RRPC_SECRET environment variable; never on the command line).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
+    fn server_config(&self) -> Result<rrpc_core::Config, String> {
+        let secret = match &self.secret_file {
+            Some(path) => {
+                Some(rrpc_core::handshake::Secret::from_file(path).map_err(|e| e.to_string())?)
+            }
+            None => rrpc_core::handshake::Secret::from_env("RRPC_SECRET")
+                .map_err(|e| format!("RRPC_SECRET: {e}"))?,
+        };
+        let mut config = rrpc_core::Config::default();
+        config.secret = secret;
+        Ok(config)
+    }
+
+    /// Warns when the agent is reachable from the network without a secret.
+    fn warn_if_open(&self, config: &rrpc_core::Config) {
+        if !self.host.is_loopback() && config.secret.is_none() {
+            eprintln!(
+                "vmctl: WARNING: serving {} without authentication: anyone who can reach it \
+                 can start and stop VMs (set RRPC_SECRET or --secret-file)",
+                self.host
+            );
+        }
+    }
+
     fn config(&self) -> Result<AgentConfig, String> {
         let mut c = AgentConfig::new(self.block);
         c.reserve = self.reserve;
@@ -226,18 +254,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
             let config = agent.config()?;
             let grace = seconds("grace", grace)?;
             let listen = agent.listen();
+            let server = agent.server_config()?;
+            agent.warn_if_open(&server);
             runtime()?.block_on(async move {
                 let node = Arc::new(NodeAgent::new(config)?);
-                let listening = serve::bind(Arc::clone(&node), listen.as_str())
+                let listening = serve::bind_with(Arc::clone(&node), listen.as_str(), server)
                     .await
                     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-                if !listening.local_addr().ip().is_loopback() {
-                    eprintln!(
-                        "vmctl: WARNING: serving {} without authentication: anyone who can \
-                         reach it can start and stop VMs",
-                        listening.local_addr()
-                    );
-                }
                 ready_line(listening.local_addr());
                 let reports = serve::run(node, listening, serve::shutdown_signal(), grace).await;
                 for r in &reports {
@@ -276,9 +299,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
                     .transpose()?,
                 grace: seconds("grace", args.grace)?,
                 listen: args.agent.listen(),
+                server: args.agent.server_config()?,
                 agent: args.agent.config()?,
                 vm,
             };
+            args.agent.warn_if_open(&config.server);
             runtime()?.block_on(async move {
                 let summary = launch_job::run(config, serve::shutdown_signal(), ready_line).await?;
                 print!("{}", summary.render());
