@@ -15,6 +15,7 @@
 //! the ACPI power button; the program fails unless each VM shut down
 //! gracefully.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use rrpc_client::{from_value, to_value, Function, Proxy};
+use tokio::sync::mpsc;
 use vmctl::agent::report::{EndReport, How, PlanReport, ResourcesReport, StateEvent, VmInfo};
 use vmctl::agent::{serve, AgentConfig, LaunchSpec, NodeAgent};
 
@@ -54,6 +56,13 @@ struct DriverVm {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     ensure!(cli.per_agent >= 1, "--per-agent must be at least 1");
 
@@ -86,7 +95,7 @@ async fn main() -> Result<()> {
             .with_context(|| format!("cannot connect to the agent at {addr}"))?;
         let node = conn.root().get("node").await?.into_proxy()?;
         let res: ResourcesReport = from_value(node.call("resources", ()).await?)?;
-        let size = to_value(&std::collections::BTreeMap::from([("vm_cpus", 1)]))?;
+        let size = to_value(&BTreeMap::from([("vm_cpus", 1)]))?;
         let plan: PlanReport = from_value(node.call("plan", (size,)).await?)?;
         let name = format!("node{}", res.block);
         println!(
@@ -133,13 +142,15 @@ async fn main() -> Result<()> {
         }
     }
     let vms: Vec<DriverVm> = futures::future::try_join_all(launches).await?;
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(String, StateEvent)>();
+    let mut reached = BTreeMap::new();
     for v in &vms {
-        let node = v.node.clone();
+        let (node, tx) = (v.node.clone(), events_tx.clone());
         let watcher = Function::from_async("on_state", move |_cx, mut args| {
-            let node = node.clone();
+            let (node, tx) = (node.clone(), tx.clone());
             async move {
                 let ev: StateEvent = args.take(0, "event")?;
-                println!("  [{node} {}] {}", ev.vm, ev.detail);
+                let _ = tx.send((node, ev));
                 Ok(())
             }
         });
@@ -156,6 +167,7 @@ async fn main() -> Result<()> {
         Ok::<VmInfo, anyhow::Error>(from_value(info)?)
     });
     let infos = futures::future::try_join_all(ready).await?;
+    show_events(&mut events, &mut reached, vms.len(), 2).await;
     println!(
         "\nevery VM is ready after {:.1} s:\n",
         t0.elapsed().as_secs_f64()
@@ -187,6 +199,7 @@ async fn main() -> Result<()> {
         Ok::<EndReport, anyhow::Error>(from_value(end)?)
     });
     let ends = futures::future::try_join_all(downs).await?;
+    show_events(&mut events, &mut reached, vms.len(), 4).await;
     println!(
         "\n{:<7} {:<8} {:<9} {:>9}  DETAIL",
         "NODE", "VM", "ENDED", "TOOK"
@@ -220,6 +233,44 @@ async fn main() -> Result<()> {
     }
     println!("\nall {graceful} VM(s) shut down gracefully");
     Ok(())
+}
+
+/// How far along its life a VM is, by its state name.
+fn rank(state: &str) -> u8 {
+    match state {
+        "starting" => 0,
+        "running" => 1,
+        "ready" | "paused" => 2,
+        "shutting-down" => 3,
+        _ => 4, // stopped, crashed
+    }
+}
+
+/// Prints the state events our callbacks received until each of the `vms`
+/// VMs has reported a state of rank `at_least` (events that follow each
+/// other quickly may arrive merged, so later states count too).
+async fn show_events(
+    events: &mut mpsc::UnboundedReceiver<(String, StateEvent)>,
+    reached: &mut BTreeMap<String, u8>,
+    vms: usize,
+    at_least: u8,
+) {
+    let wait = async {
+        while reached.values().filter(|r| **r >= at_least).count() < vms {
+            let Some((node, ev)) = events.recv().await else {
+                return;
+            };
+            println!("  [{node} {}] {}", ev.vm, ev.detail);
+            let r = reached.entry(ev.vm).or_default();
+            *r = (*r).max(rank(&ev.state));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
+        println!("  (some state events did not arrive within 10 s)");
+    }
 }
 
 /// The test guest: `VMCTL_TEST_GUEST_DIR`, or `target/test-guest` of this

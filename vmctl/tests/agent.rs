@@ -305,6 +305,51 @@ async fn bad_launch_requests_are_refused_with_clear_errors() {
     tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
 }
 
+/// A client that stops waiting (its call deadline) does not stop the
+/// escalation: a VM with no OS ignores the power button and is still taken
+/// to `quit` by the agent.
+#[tokio::test]
+async fn a_power_down_goes_on_when_the_caller_stops_waiting() {
+    init_tracing();
+    let work = async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("blank.raw");
+        std::fs::write(&image, vec![0u8; 1024 * 1024]).unwrap();
+        let a = start_agent(12, None).await;
+        let spec = to_value(&LaunchSpec {
+            image: Some(image),
+            network: Some("none".into()),
+            ..LaunchSpec::default()
+        })
+        .unwrap();
+        let vm = a
+            .proxy
+            .call("launch", (spec,))
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        let err = vm
+            .call("powerdown", (1.0,))
+            .timeout(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        let status: VmStatus = from_value(
+            vm.call("wait", (20.0,))
+                .timeout(Duration::from_secs(30))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(status.ended, "{status:?}");
+        assert_eq!(status.how, Some(How::Quit), "{status:?}");
+        a.conn.close();
+        a.server.stop().await;
+    };
+    tokio::time::timeout(TEST_TIMEOUT, work).await.unwrap();
+}
+
 fn serde_json_map(key: &str, value: u32) -> std::collections::BTreeMap<String, u32> {
     std::collections::BTreeMap::from([(key.to_owned(), value)])
 }

@@ -30,7 +30,10 @@ pub struct VmEntry {
     pub(crate) addr: VmAddress,
     launched: Instant,
     ready_after: Arc<OnceLock<Duration>>,
+    /// The readiness timer and the subscriptions.
     tasks: Mutex<Vec<AbortOnDrop>>,
+    /// Stop requests in progress.
+    work: Mutex<Vec<AbortOnDrop>>,
     handle: Arc<VmObject>,
 }
 
@@ -66,6 +69,7 @@ impl VmEntry {
             launched,
             ready_after,
             tasks: Mutex::new(vec![timer]),
+            work: Mutex::new(Vec::new()),
             handle: Arc::new(VmObject {
                 name,
                 entry: weak.clone(),
@@ -119,11 +123,58 @@ impl VmEntry {
         }
     }
 
-    /// Powers the VM down with `policy` and reports how it ended.
-    pub async fn power_down(&self, policy: &PowerDownPolicy) -> EndReport {
-        let t0 = Instant::now();
-        let result = self.vm.power_down(policy).await;
-        EndReport::from_result(self.vm.name(), &result, Some(t0.elapsed().as_secs_f64()))
+    /// Powers the VM down with `policy` and reports how it ended. The
+    /// escalation runs on a task this entry owns, so it goes on to the end
+    /// even if the caller stops waiting (a client's call deadline): a VM is
+    /// never left half shut down.
+    pub async fn power_down(self: &Arc<Self>, policy: &PowerDownPolicy) -> EndReport {
+        let policy = policy.clone();
+        self.run_owned(move |e| async move { e.vm.power_down(&policy).await })
+            .await
+    }
+
+    /// `quit` now, then kill after `grace` (on an owned task, like
+    /// [`VmEntry::power_down`]).
+    pub async fn quit(self: &Arc<Self>, grace: Duration) -> EndReport {
+        self.run_owned(move |e| async move { e.vm.quit(grace).await })
+            .await
+    }
+
+    /// SIGKILL now (on an owned task, like [`VmEntry::power_down`]).
+    pub async fn kill(self: &Arc<Self>) -> EndReport {
+        self.run_owned(|e| async move { e.vm.kill().await }).await
+    }
+
+    /// Runs a stop request on a task owned by this entry and reports it.
+    /// The task holds the entry until the request is over; every request is
+    /// bounded by its grace periods.
+    async fn run_owned<F, Fut>(self: &Arc<Self>, stop: F) -> EndReport
+    where
+        F: FnOnce(Arc<VmEntry>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<crate::vm::Ended, crate::vm::VmError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = Arc::clone(self);
+        let name = self.vm.name().to_owned();
+        let task = AbortOnDrop::new(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let result = stop(Arc::clone(&entry)).await;
+            let report =
+                EndReport::from_result(entry.vm.name(), &result, Some(t0.elapsed().as_secs_f64()));
+            let _ = tx.send(report);
+        }));
+        if let Ok(mut work) = self.work.lock() {
+            work.retain(|t| !t.is_finished());
+            work.push(task);
+        }
+        rx.await.unwrap_or_else(|_| EndReport {
+            name,
+            how: super::report::How::Error,
+            detail: "the stop request was abandoned: the agent is shutting down".into(),
+            seconds: None,
+        })
     }
 
     /// Calls `callback` with the current state and then on every change, from
@@ -317,24 +368,10 @@ impl Remote for VmObject {
                 };
                 Reply::future(async move { encode(&entry.power_down(&policy).await) })
             }
-            "quit" => Reply::future(async move {
-                let t0 = Instant::now();
-                let result = entry.vm.quit(Duration::from_secs(10)).await;
-                encode(&EndReport::from_result(
-                    entry.vm.name(),
-                    &result,
-                    Some(t0.elapsed().as_secs_f64()),
-                ))
-            }),
-            "kill" => Reply::future(async move {
-                let t0 = Instant::now();
-                let result = entry.vm.kill().await;
-                encode(&EndReport::from_result(
-                    entry.vm.name(),
-                    &result,
-                    Some(t0.elapsed().as_secs_f64()),
-                ))
-            }),
+            "quit" => {
+                Reply::future(async move { encode(&entry.quit(Duration::from_secs(10)).await) })
+            }
+            "kill" => Reply::future(async move { encode(&entry.kill().await) }),
             "pause" => Reply::future(async move {
                 entry.vm.pause().await.map_err(vm_err)?;
                 Ok::<_, RemoteError>(())
