@@ -51,6 +51,7 @@ const READY_TIMEOUT_SECS: f64 = 120.0;
 /// A VM as the driver knows it.
 struct DriverVm {
     node: String,
+    name: String,
     vm: Proxy,
 }
 
@@ -137,11 +138,17 @@ async fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("{name}: launch failed"))?
                     .into_proxy()?;
-                Ok::<_, anyhow::Error>(DriverVm { node: name, vm })
+                let vm_name: String = from_value(vm.get("name").await?)?;
+                Ok::<_, anyhow::Error>(DriverVm {
+                    node: name,
+                    name: vm_name,
+                    vm,
+                })
             });
         }
     }
-    let vms: Vec<DriverVm> = futures::future::try_join_all(launches).await?;
+    let mut vms: Vec<DriverVm> = futures::future::try_join_all(launches).await?;
+    vms.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
     let (events_tx, mut events) = mpsc::unbounded_channel::<(String, StateEvent)>();
     let mut reached = BTreeMap::new();
     for v in &vms {
