@@ -255,6 +255,26 @@ impl Tap {
         } else {
             Ok(String::new())
         };
+        Self::teardown_result(route, link)
+    }
+
+    /// [`Tap::teardown`], blocking the thread (for clean-up in `Drop`).
+    pub fn teardown_blocking(&self) -> Result<(), TapError> {
+        let c = &self.config;
+        let host = format!("{}/32", c.vm_ip);
+        let route = run_blocking(c, &["ip", "route", "del", &host, "dev", &c.ifname]);
+        let link = if self.created {
+            run_blocking(c, &["ip", "link", "del", "dev", &c.ifname])
+        } else {
+            Ok(String::new())
+        };
+        Self::teardown_result(route, link)
+    }
+
+    fn teardown_result(
+        route: Result<String, TapError>,
+        link: Result<String, TapError>,
+    ) -> Result<(), TapError> {
         // A route that is already gone (the device went first) is fine.
         let route = match route {
             Err(TapError::Failed { stderr, .. })
@@ -268,13 +288,19 @@ impl Tap {
     }
 }
 
-/// Runs `argv` (inside the configured namespace) and returns its stdout.
-async fn run(config: &TapConfig, argv: &[&str]) -> Result<String, TapError> {
+/// The full argument vector of `argv` (inside the configured namespace).
+fn full_argv<'a>(config: &'a TapConfig, argv: &[&'a str]) -> Vec<&'a str> {
     let mut full: Vec<&str> = Vec::with_capacity(argv.len() + 4);
     if let Some(ns) = &config.netns {
         full.extend(["ip", "netns", "exec", ns.as_str()]);
     }
     full.extend_from_slice(argv);
+    full
+}
+
+/// Runs `argv` (inside the configured namespace) and returns its stdout.
+async fn run(config: &TapConfig, argv: &[&str]) -> Result<String, TapError> {
+    let full = full_argv(config, argv);
     let command = full.join(" ");
     let (program, args) = match full.split_first() {
         Some(split) => split,
@@ -291,6 +317,29 @@ async fn run(config: &TapConfig, argv: &[&str]) -> Result<String, TapError> {
             command: command.clone(),
             source,
         })?;
+    check(command, out)
+}
+
+/// Like [`run`], blocking the thread (for clean-up in `Drop`).
+fn run_blocking(config: &TapConfig, argv: &[&str]) -> Result<String, TapError> {
+    let full = full_argv(config, argv);
+    let command = full.join(" ");
+    let (program, args) = match full.split_first() {
+        Some(split) => split,
+        None => return Err(TapError::Invalid("empty command".into())),
+    };
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| TapError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    check(command, out)
+}
+
+fn check(command: String, out: std::process::Output) -> Result<String, TapError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

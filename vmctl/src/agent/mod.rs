@@ -34,9 +34,9 @@
 //! # Ok(()) }
 //! ```
 
+mod node_object;
 pub mod report;
 pub mod serve;
-mod node_object;
 mod spec;
 mod vm_object;
 
@@ -50,6 +50,7 @@ use rrpc_core::{ErrorKind, RemoteError};
 use crate::accel::{Accel, AccelChoice};
 use crate::net::{VmAddress, MAX_VMS_PER_BLOCK};
 use crate::plan::{NodeResources, PlanRequest, VmSize, DEFAULT_RESERVE};
+use crate::tapnet::{Tap, TapConfig};
 use crate::vm::{PowerDownPolicy, Vm, VmOptions};
 use report::{EndReport, PlanReport, ResourcesReport};
 pub use spec::{LaunchSpec, DEFAULT_APPEND, GUEST_READY_REGEX};
@@ -79,6 +80,9 @@ pub enum AgentError {
     /// QEMU could not be started or did not come up.
     #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
+    /// The VM's tap could not be set up.
+    #[error(transparent)]
+    Tap(#[from] crate::tapnet::TapError),
 }
 
 impl From<AgentError> for RemoteError {
@@ -111,6 +115,9 @@ pub struct AgentConfig {
     pub accel: Accel,
     /// How long QEMU may take to open QMP.
     pub qmp_timeout: Duration,
+    /// Run the tap set-up of network `tap` inside this network namespace
+    /// (`ip netns exec`); QEMU must then run there too.
+    pub tap_netns: Option<String>,
 }
 
 impl AgentConfig {
@@ -124,6 +131,7 @@ impl AgentConfig {
             reserve: DEFAULT_RESERVE,
             accel: Accel::Auto,
             qmp_timeout: Duration::from_secs(30),
+            tap_netns: None,
         }
     }
 
@@ -174,6 +182,7 @@ pub struct NodeAgent {
     accel: Accel,
     accel_choice: AccelChoice,
     qmp_timeout: Duration,
+    tap_netns: Option<String>,
     table: Mutex<BTreeMap<u32, Slot>>,
 }
 
@@ -246,6 +255,7 @@ impl NodeAgent {
             accel: config.accel,
             accel_choice,
             qmp_timeout: config.qmp_timeout,
+            tap_netns: config.tap_netns,
             table: Mutex::new(BTreeMap::new()),
         })
     }
@@ -311,7 +321,7 @@ impl NodeAgent {
             agent: self,
             index: None,
         };
-        let index = {
+        let (index, previous) = {
             let mut table = self.lock();
             let in_use: u64 = table.values().map(Slot::memory_in_use).sum();
             if in_use.saturating_add(memory) > self.usable_mib() {
@@ -340,10 +350,14 @@ impl NodeAgent {
                         self.block
                     ))
                 })?;
-            table.insert(index, Slot::Launching { memory_mib: memory });
-            index
+            let previous = table.insert(index, Slot::Launching { memory_mib: memory });
+            (index, previous)
         };
         reservation.index = Some(index);
+        if let Some(Slot::Vm(old)) = previous {
+            // The ended VM that had this index gives its tap back first.
+            old.release_tap().await;
+        }
 
         let addr =
             VmAddress::new(self.block, index).map_err(|e| AgentError::Refused(e.to_string()))?;
@@ -361,9 +375,28 @@ impl NodeAgent {
             ..VmOptions::default()
         };
         options.ready = built.ready;
+        let tap = match &built.auto_tap {
+            Some(name) => {
+                let mut config = TapConfig::for_mac(name.clone(), &addr.mac())
+                    .map_err(|e| AgentError::Refused(e.to_string()))?;
+                config.netns = self.tap_netns.clone();
+                Some(Tap::create(config).await?)
+            }
+            None => None,
+        };
         let started = Instant::now();
-        let vm = Vm::launch(built.spec, options).await?;
-        let entry = VmEntry::new(vm, addr, started);
+        let vm = match Vm::launch(built.spec, options).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                if let Some(tap) = tap {
+                    if let Err(te) = tap.teardown().await {
+                        tracing::warn!(tap = %tap.ifname(), "tap teardown failed: {te}");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let entry = VmEntry::new(vm, addr, started, tap);
         self.lock().insert(index, Slot::Vm(Arc::clone(&entry)));
         reservation.index = None;
         tracing::info!(vm = %entry.vm.name(), mac = %addr.mac(), ip = %addr.ip(), "VM launched");
@@ -394,10 +427,23 @@ impl NodeAgent {
         futures::future::join_all(jobs).await
     }
 
-    /// Kills every VM now and forgets them (what dropping the agent does).
+    /// Kills every VM now, removes their taps and forgets them (what
+    /// dropping the agent does).
     pub fn kill_all_now(&self) {
         let slots = std::mem::take(&mut *self.lock());
+        let taps: Vec<Tap> = slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Vm(e) => e.take_tap(),
+                Slot::Launching { .. } => None,
+            })
+            .collect();
         drop(slots);
+        for tap in taps {
+            if let Err(e) = tap.teardown_blocking() {
+                tracing::warn!(tap = %tap.ifname(), "tap teardown failed: {e}");
+            }
+        }
     }
 
     /// The run directory.

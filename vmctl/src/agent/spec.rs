@@ -47,7 +47,9 @@ pub struct LaunchSpec {
     pub image_format: Option<String>,
     /// An optional second disk, also in snapshot mode.
     pub second_image: Option<PathBuf>,
-    /// `user` (default), `none`, or `tap:IFNAME`.
+    /// `user` (default), `none`, `tap` (the agent creates tap `vmt<block>-<index>`
+    /// with the host route to the VM's IP and forwarding on, and removes it
+    /// when the VM ends; root only), or `tap:IFNAME` (an existing device).
     pub network: Option<String>,
     /// The NIC model; default `virtio-net-pci`.
     pub nic_model: Option<String>,
@@ -73,6 +75,13 @@ pub(crate) struct Defaults<'a> {
 pub(crate) struct Built {
     pub spec: VmSpec,
     pub ready: Option<ReadyPattern>,
+    /// The agent must set up this tap device (network `tap`).
+    pub auto_tap: Option<String>,
+}
+
+/// The name of the tap the agent creates for VM `addr`.
+pub fn auto_tap_name(addr: VmAddress) -> String {
+    format!("vmt{}-{}", addr.block(), addr.index())
 }
 
 impl LaunchSpec {
@@ -103,12 +112,22 @@ impl LaunchSpec {
             spec.nic_model = model.clone();
         }
         spec.vnc_display = self.vnc_display;
+        let mut auto_tap = None;
         spec.network = match self.network.as_deref() {
             None | Some("user") => Network::User,
             Some("none") => Network::None,
+            Some("tap") => {
+                let name = auto_tap_name(addr);
+                auto_tap = Some(name.clone());
+                Network::Tap(name)
+            }
             Some(other) => match other.strip_prefix("tap:") {
                 Some(ifname) => Network::Tap(ifname.to_owned()),
-                None => return Err(format!("network {other:?} is not user, none or tap:IFNAME")),
+                None => {
+                    return Err(format!(
+                        "network {other:?} is not user, none, tap or tap:IFNAME"
+                    ))
+                }
             },
         };
 
@@ -161,7 +180,11 @@ impl LaunchSpec {
             ),
             (None, false) => None,
         };
-        Ok(Built { spec, ready })
+        Ok(Built {
+            spec,
+            ready,
+            auto_tap,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use rrpc_core::{
 
 use super::report::{EndReport, StateEvent, VmInfo, VmStatus};
 use crate::net::VmAddress;
+use crate::tapnet::Tap;
 use crate::task::AbortOnDrop;
 use crate::vm::{PowerDownPolicy, Vm, VmState};
 
@@ -30,6 +31,8 @@ pub struct VmEntry {
     pub(crate) addr: VmAddress,
     launched: Instant,
     ready_after: Arc<OnceLock<Duration>>,
+    /// The tap the agent set up for this VM, until it is torn down.
+    tap: Arc<tokio::sync::Mutex<Option<Tap>>>,
     /// The readiness timer and the subscriptions.
     tasks: Mutex<Vec<AbortOnDrop>>,
     /// Stop requests in progress.
@@ -48,7 +51,12 @@ impl std::fmt::Debug for VmEntry {
 
 impl VmEntry {
     /// Takes ownership of a launched VM (`launched` is when QEMU was started).
-    pub(crate) fn new(vm: Vm, addr: VmAddress, launched: Instant) -> Arc<VmEntry> {
+    pub(crate) fn new(
+        vm: Vm,
+        addr: VmAddress,
+        launched: Instant,
+        tap: Option<Tap>,
+    ) -> Arc<VmEntry> {
         let ready_after = Arc::new(OnceLock::new());
         let mut states = vm.subscribe();
         let cell = Arc::clone(&ready_after);
@@ -62,19 +70,44 @@ impl VmEntry {
                 }
             }
         }));
+        let mut work = Vec::new();
+        let tap = Arc::new(tokio::sync::Mutex::new(tap));
+        if let Ok(guard) = tap.try_lock() {
+            if guard.is_some() {
+                // The tap goes when the VM ends.
+                let (tap, mut states) = (Arc::clone(&tap), vm.subscribe());
+                work.push(AbortOnDrop::new(tokio::spawn(async move {
+                    let _ = states.wait_for(VmState::is_final).await;
+                    release(&tap).await;
+                })));
+            }
+        }
         let name = vm.name().to_owned();
         Arc::new_cyclic(|weak| VmEntry {
             vm,
             addr,
             launched,
             ready_after,
+            tap,
             tasks: Mutex::new(vec![timer]),
-            work: Mutex::new(Vec::new()),
+            work: Mutex::new(work),
             handle: Arc::new(VmObject {
                 name,
                 entry: weak.clone(),
             }),
         })
+    }
+
+    /// Tears the VM's tap down now, if it still has one (waits for a
+    /// teardown in progress).
+    pub(crate) async fn release_tap(&self) {
+        release(&self.tap).await;
+    }
+
+    /// Takes the VM's tap, if it still has one and no teardown is in
+    /// progress, for a blocking clean-up.
+    pub(crate) fn take_tap(&self) -> Option<Tap> {
+        self.tap.try_lock().ok().and_then(|mut t| t.take())
     }
 
     /// The VM.
@@ -240,6 +273,16 @@ impl VmEntry {
             }
         })));
         Ok(())
+    }
+}
+
+/// Tears a tap down once.
+async fn release(tap: &tokio::sync::Mutex<Option<Tap>>) {
+    let mut guard = tap.lock().await;
+    if let Some(t) = guard.take() {
+        if let Err(e) = t.teardown().await {
+            tracing::warn!(tap = %t.ifname(), "tap teardown failed: {e}");
+        }
     }
 }
 
