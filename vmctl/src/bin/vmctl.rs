@@ -168,7 +168,8 @@ struct LaunchJobArgs {
     /// A second disk image, also in snapshot mode.
     #[arg(long, value_name = "PATH", requires = "image")]
     image2: Option<PathBuf>,
-    /// Network: user, none or tap:IFNAME.
+    /// Network: user, none, tap (a tap per VM with its host route; root) or
+    /// tap:IFNAME (an existing device).
     #[arg(long, default_value = "user")]
     network: String,
     /// Regex the console prints when the guest is ready (default: the test
