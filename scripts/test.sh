@@ -39,6 +39,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/typed_factorize"
 "$bin/examples/exec_proxy"
 "$bin/examples/bench" --quick
+"$bin/examples/vm_driver"    # real QEMU: two in-process node agents, tiny guests
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"

@@ -1,12 +1,14 @@
 //! vmctl: run KVM/QEMU virtual machines as batch jobs.
 //!
-//! This crate is the rrpc-independent half of vmctl, after the "dynamic and
-//! virtual clusters" design: a VM launch job takes a whole node, works out how
-//! many VMs fit ([`plan`]), gives each one a MAC from which the guest derives
+//! vmctl follows the "dynamic and virtual clusters" design: a VM launch job
+//! takes a whole node, works out how many VMs fit ([`plan`]), gives each one a MAC from which the guest derives
 //! its network ([`net`]), starts QEMU with the base image in snapshot mode
 //! ([`qemu`], [`accel`]), watches it through QMP ([`qmp`]) and its serial
 //! console ([`console`]), and powers it down at the end: ACPI power button,
-//! then `quit`, then kill ([`vm`]).
+//! then `quit`, then kill ([`vm`]). The node agent ([`agent`]) serves all of
+//! it over rrpc, so one driver program controls the VMs of every node; the
+//! VM-launch job ([`launch_job`]) is what a batch job runs on its node; and
+//! [`tapnet`] sets up the tap devices and routes of the real cluster.
 //!
 //! ```
 //! use vmctl::net::VmAddress;
@@ -22,13 +24,17 @@
 //! ```
 
 pub mod accel;
+pub mod agent;
 pub mod console;
+pub mod launch_job;
 pub mod net;
 pub mod plan;
 pub mod qemu;
 pub mod qmp;
+pub mod tapnet;
 pub mod task;
 pub mod vm;
+pub mod walltime;
 
 pub use accel::Accel;
 pub use qemu::VmSpec;

@@ -117,6 +117,25 @@ impl Vm {
         })
     }
 
+    /// Tells QEMU to `quit` at once (no power button), and waits up to
+    /// `grace` for it to exit; then kills it. Returns how it ended.
+    #[tracing::instrument(skip_all, fields(vm = %self.spec.name))]
+    pub async fn quit(&self, grace: Duration) -> Result<Ended, VmError> {
+        if let Some(end) = self.final_result() {
+            return end;
+        }
+        self.shared.raise_intent(Intent::Quit);
+        self.shared.set(VmState::ShuttingDown);
+        if let Err(e) = self.qmp.quit().await {
+            tracing::warn!(error = %e, "quit failed");
+        }
+        if let Some(end) = self.wait_final_until(Instant::now() + grace).await {
+            return end;
+        }
+        tracing::warn!(?grace, "QEMU ignored quit; killing it");
+        self.kill().await
+    }
+
     /// Kills QEMU at once (SIGKILL) and waits for it to be reaped.
     pub async fn kill(&self) -> Result<Ended, VmError> {
         if let Some(end) = self.final_result() {
