@@ -1,6 +1,8 @@
 //! Turning values into wire values and back, with the object tables.
 
 use std::borrow::Cow;
+
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +127,34 @@ impl Drop for Encoder<'_> {
     }
 }
 
+/// Below this size a byte string is copied out of its frame; from it up,
+/// it is a slice sharing the frame's buffer (a small value must not keep a
+/// big frame alive).
+const ZERO_COPY_MIN: usize = 4096;
+
+fn bytes_from(b: Cow<'_, [u8]>, frame: &Bytes) -> Bytes {
+    match b {
+        Cow::Borrowed(slice) if slice.len() >= ZERO_COPY_MIN && in_frame(slice, frame) => {
+            frame.slice_ref(slice)
+        }
+        Cow::Borrowed(slice) => Bytes::copy_from_slice(slice),
+        Cow::Owned(vec) => Bytes::from(vec),
+    }
+}
+
+/// Whether `slice` lies inside `frame` (`slice_ref` panics otherwise).
+fn in_frame(slice: &[u8], frame: &Bytes) -> bool {
+    let (start, end) = (
+        frame.as_ptr() as usize,
+        frame.as_ptr() as usize + frame.len(),
+    );
+    let (s, e) = (
+        slice.as_ptr() as usize,
+        slice.as_ptr() as usize + slice.len(),
+    );
+    s >= start && e <= end
+}
+
 fn timeout_ms(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
@@ -200,10 +230,13 @@ impl Shared {
     }
 
     /// Turns a received wire value into a value, resolving references.
+    /// Byte strings of at least [`ZERO_COPY_MIN`] bytes are sliced out of
+    /// `frame` rather than copied.
     pub(super) fn decode_value(
         &self,
         conn: &Connection,
         wire: WireValue<'_>,
+        frame: &Bytes,
     ) -> Result<Value, RemoteError> {
         Ok(match wire {
             WireValue::Unit => Value::Unit,
@@ -212,17 +245,22 @@ impl Shared {
             WireValue::UInt(u) => Value::UInt(u),
             WireValue::Float(f) => Value::Float(f),
             WireValue::Str(s) => Value::Str(s.into_owned()),
-            WireValue::Bytes(b) => Value::Bytes(bytes::Bytes::from(b.into_owned())),
+            WireValue::Bytes(b) => Value::Bytes(bytes_from(b, frame)),
             WireValue::List(items) => Value::List(
                 items
                     .into_iter()
-                    .map(|v| self.decode_value(conn, v))
+                    .map(|v| self.decode_value(conn, v, frame))
                     .collect::<Result<_, _>>()?,
             ),
             WireValue::Map(pairs) => Value::Map(
                 pairs
                     .into_iter()
-                    .map(|(k, v)| Ok((self.decode_value(conn, k)?, self.decode_value(conn, v)?)))
+                    .map(|(k, v)| {
+                        Ok((
+                            self.decode_value(conn, k, frame)?,
+                            self.decode_value(conn, v, frame)?,
+                        ))
+                    })
                     .collect::<Result<_, RemoteError>>()?,
             ),
             WireValue::SenderRef { id, type_name } => {
@@ -247,10 +285,11 @@ impl Shared {
         &self,
         conn: &Connection,
         wires: Vec<WireValue<'_>>,
+        frame: &Bytes,
     ) -> Result<Vec<Value>, RemoteError> {
         wires
             .into_iter()
-            .map(|w| self.decode_value(conn, w))
+            .map(|w| self.decode_value(conn, w, frame))
             .collect()
     }
 }

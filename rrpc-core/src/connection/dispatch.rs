@@ -1,11 +1,21 @@
 //! Routing received messages, and serving the peer's requests.
+//!
+//! A request whose handler answers at once ([`Reply::Ready`]) is served
+//! inline by the reader: no task, no timer, and its reply joins the batch the
+//! reader writes after the burst of frames it is handling. A handler that
+//! returns a future or blocking work gets a task of its own, registered so
+//! that the peer can cancel it and bounded by the in-flight limit.
 
+use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, RemoteError};
@@ -16,18 +26,37 @@ use crate::wire::{Message, Op};
 
 use super::{Connection, Shared};
 
-/// A received operation with its values decoded.
-enum InOp {
-    Call { method: String, args: Vec<Value> },
-    Invoke { args: Vec<Value> },
-    GetAttr { name: String },
-    SetAttr { name: String, value: Value },
+/// What a request asked for, kept to name it in errors and logs (built
+/// without allocating: the names are moved out of the decoded request).
+enum What {
+    Call(String),
+    Invoke,
+    GetAttr(String),
+    SetAttr(String),
     Dir,
 }
 
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            What::Call(m) => write!(f, "call {m}"),
+            What::Invoke => f.write_str("invoke"),
+            What::GetAttr(n) => write!(f, "getattr {n}"),
+            What::SetAttr(n) => write!(f, "setattr {n}"),
+            What::Dir => f.write_str("dir"),
+        }
+    }
+}
+
 impl Shared {
-    /// Routes one message; an `Err` is a protocol violation that ends the connection.
-    pub(super) fn handle_message(self: &Arc<Shared>, msg: Message<'_>) -> Result<(), String> {
+    /// Routes one message; an `Err` is a protocol violation that ends the
+    /// connection. Replies answered inline are appended to `replies`.
+    pub(super) fn handle_message(
+        self: &Arc<Shared>,
+        msg: Message<'_>,
+        frame: &Bytes,
+        replies: &mut Vec<u8>,
+    ) -> Result<(), String> {
         match msg {
             Message::Request {
                 id,
@@ -38,7 +67,7 @@ impl Shared {
                 let Some(conn) = self.connection() else {
                     return Ok(()); // closing: nobody is left to serve it
                 };
-                self.on_request(conn, id, target, timeout_ms, op);
+                self.on_request(conn, id, target, timeout_ms, op, frame, replies);
             }
             Message::Reply { id, result } => {
                 let Some(conn) = self.connection() else {
@@ -47,7 +76,7 @@ impl Shared {
                 // Decode even if nobody waits any more, so that references in
                 // the reply are counted and then released.
                 let result = match result {
-                    Ok(wire) => self.decode_value(&conn, wire).map_err(Error::Remote),
+                    Ok(wire) => self.decode_value(&conn, wire, frame).map_err(Error::Remote),
                     Err(err) => Err(Error::Remote(err.into())),
                 };
                 if let Some((_, waiter)) = self.pending.remove(&id) {
@@ -82,7 +111,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Refuses request `id` with `err` (the reply is sent by a task).
+    /// Refuses request `id` with `err`.
     ///
     /// Refusals are queued without waiting: a peer that floods requests and
     /// does not read its replies fills the queue, and then further refusals
@@ -102,6 +131,7 @@ impl Shared {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_request(
         self: &Arc<Shared>,
         conn: Connection,
@@ -109,8 +139,9 @@ impl Shared {
         target: u64,
         timeout_ms: u64,
         op: Op<'_>,
+        frame: &Bytes,
+        replies: &mut Vec<u8>,
     ) {
-        let describe = op.describe();
         self.active();
         if self.draining.load(Ordering::SeqCst) {
             return self.refuse(
@@ -153,26 +184,127 @@ impl Shared {
                 ),
             );
         };
-        let op = match self.decode_op(&conn, op) {
-            Ok(op) => op,
-            Err(err) => {
-                return self.refuse(id, err.context(format!("while decoding `{describe}`")))
-            }
-        };
-        let cancel = self.closed.child_token();
-        self.running.insert(id, cancel.clone());
+        let cancel = CancellationToken::new();
         let cx = CallContext {
             conn,
             request_id: id,
             cancel: cancel.clone(),
         };
+        let started = AssertUnwindSafe(|| self.start(obj.clone(), cx, op, frame));
+        let (reply, what) = match std::panic::catch_unwind(started) {
+            Ok(Ok(started)) => started,
+            Ok(Err((err, what))) => (Reply::Ready(Err(err)), what),
+            Err(panic) => (Reply::Ready(Err(panicked(&*panic))), What::Invoke),
+        };
+        match reply {
+            Reply::Ready(result) => {
+                let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
+                self.reply_inline(id, result, permit, replies);
+            }
+            Reply::Future(work) => {
+                self.spawn_request(id, obj, what, timeout_ms, cancel, permit, work)
+            }
+            Reply::Blocking(work) => {
+                let work = async move {
+                    match tokio::task::spawn_blocking(work).await {
+                        Ok(result) => result,
+                        Err(join) if join.is_panic() => Err(panicked(&*join.into_panic())),
+                        Err(_) => Err(RemoteError::new(
+                            ErrorKind::Cancelled,
+                            "the blocking handler was cancelled",
+                        )),
+                    }
+                };
+                self.spawn_request(id, obj, what, timeout_ms, cancel, permit, Box::pin(work));
+            }
+        }
+    }
+
+    /// Decodes the operation and calls the handler (which must not block).
+    #[allow(clippy::type_complexity)]
+    fn start(
+        &self,
+        obj: Arc<dyn Remote>,
+        cx: CallContext,
+        op: Op<'_>,
+        frame: &Bytes,
+    ) -> Result<(Reply, What), (RemoteError, What)> {
+        let conn = cx.conn.clone();
+        Ok(match op {
+            Op::Call { method, args } => {
+                let what = What::Call(method.into_owned());
+                let args = match self.decode_values(&conn, args, frame) {
+                    Ok(args) => args,
+                    Err(e) => return Err((e, what)),
+                };
+                let method = match &what {
+                    What::Call(m) => m.as_str(),
+                    _ => "",
+                };
+                (obj.call(cx, method, Args::new(args)), what)
+            }
+            Op::Invoke { args } => match self.decode_values(&conn, args, frame) {
+                Ok(args) => (obj.invoke(cx, Args::new(args)), What::Invoke),
+                Err(e) => return Err((e, What::Invoke)),
+            },
+            Op::GetAttr { name } => {
+                let reply = obj.get_attr(cx, &name);
+                (reply, What::GetAttr(name.into_owned()))
+            }
+            Op::SetAttr { name, value } => {
+                let what = What::SetAttr(name.into_owned());
+                let value = match self.decode_value(&conn, value, frame) {
+                    Ok(v) => v,
+                    Err(e) => return Err((e, what)),
+                };
+                let name = match &what {
+                    What::SetAttr(n) => n.as_str(),
+                    _ => "",
+                };
+                (obj.set_attr(cx, name, value), what)
+            }
+            Op::Dir => (
+                Reply::ready(Value::List(
+                    obj.members().iter().map(Member::to_value).collect(),
+                )),
+                What::Dir,
+            ),
+        })
+    }
+
+    /// Queues the reply to a request answered inline.
+    fn reply_inline(
+        self: &Arc<Shared>,
+        id: u64,
+        result: Result<Value, RemoteError>,
+        permit: OwnedSemaphorePermit,
+        replies: &mut Vec<u8>,
+    ) {
+        match self.encode_reply(id, &result) {
+            Ok(frame) => replies.extend_from_slice(&frame),
+            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
+        }
+        drop(permit);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_request(
+        self: &Arc<Shared>,
+        id: u64,
+        obj: Arc<dyn Remote>,
+        what: What,
+        timeout_ms: u64,
+        cancel: CancellationToken,
+        permit: OwnedSemaphorePermit,
+        work: futures::future::BoxFuture<'static, Result<Value, RemoteError>>,
+    ) {
+        self.running.insert(id, cancel.clone());
         let deadline = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
-        let type_name = obj.type_name().to_owned();
-        let span = tracing::debug_span!("request", conn = self.id, id, target = %type_name, op = %describe);
+        let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
         let shared = self.clone();
         self.tasks.spawn(
             async move {
-                let work = AssertUnwindSafe(run(obj, cx, op)).catch_unwind();
+                let work = AssertUnwindSafe(work).catch_unwind();
                 let outcome = tokio::select! {
                     r = work => Some(r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
                     _ = sleep_opt(deadline) => Some(Err(RemoteError::new(
@@ -180,16 +312,15 @@ impl Shared {
                         format!("the call ran past its deadline of {deadline:?} and was stopped"),
                     ))),
                     _ = cancel.cancelled() => None,
+                    _ = shared.closed.cancelled() => None,
                 };
                 shared.running.remove(&id);
                 if shared.running.is_empty() {
                     shared.drained.notify_waiters();
                 }
-                drop(permit);
                 match outcome {
                     Some(result) => {
-                        let result =
-                            result.map_err(|e| e.context(format!("in {type_name}: {describe}")));
+                        let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
                         if let Err(e) = &result {
                             tracing::debug!("request failed: {e}");
                         }
@@ -197,29 +328,10 @@ impl Shared {
                     }
                     None => tracing::debug!("request cancelled"),
                 }
+                drop(permit);
             }
             .instrument(span),
         );
-    }
-
-    fn decode_op(&self, conn: &Connection, op: Op<'_>) -> Result<InOp, RemoteError> {
-        Ok(match op {
-            Op::Call { method, args } => InOp::Call {
-                method: method.into_owned(),
-                args: self.decode_values(conn, args)?,
-            },
-            Op::Invoke { args } => InOp::Invoke {
-                args: self.decode_values(conn, args)?,
-            },
-            Op::GetAttr { name } => InOp::GetAttr {
-                name: name.into_owned(),
-            },
-            Op::SetAttr { name, value } => InOp::SetAttr {
-                name: name.into_owned(),
-                value: self.decode_value(conn, value)?,
-            },
-            Op::Dir => InOp::Dir,
-        })
     }
 
     async fn send_reply(&self, id: u64, result: Result<Value, RemoteError>) {
@@ -231,6 +343,10 @@ impl Shared {
             Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
         }
     }
+}
+
+fn in_context(err: RemoteError, obj: &dyn Remote, what: &What) -> RemoteError {
+    err.context(format!("in {}: {what}", obj.type_name()))
 }
 
 async fn sleep_opt(deadline: Option<Duration>) {
@@ -247,28 +363,4 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown cause".to_owned());
     RemoteError::internal(format!("the handler panicked: {what}"))
-}
-
-async fn run(obj: Arc<dyn Remote>, cx: CallContext, op: InOp) -> Result<Value, RemoteError> {
-    let reply = match op {
-        InOp::Call { method, args } => obj.call(cx, &method, Args::new(args)),
-        InOp::Invoke { args } => obj.invoke(cx, Args::new(args)),
-        InOp::GetAttr { name } => obj.get_attr(cx, &name),
-        InOp::SetAttr { name, value } => obj.set_attr(cx, &name, value),
-        InOp::Dir => Reply::ready(Value::List(
-            obj.members().iter().map(Member::to_value).collect(),
-        )),
-    };
-    match reply {
-        Reply::Ready(result) => result,
-        Reply::Future(fut) => fut.await,
-        Reply::Blocking(work) => match tokio::task::spawn_blocking(work).await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => Err(panicked(&*join.into_panic())),
-            Err(_) => Err(RemoteError::new(
-                ErrorKind::Cancelled,
-                "the blocking handler was cancelled",
-            )),
-        },
-    }
 }

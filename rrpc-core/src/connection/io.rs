@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::LengthDelimitedCodec;
@@ -38,46 +38,33 @@ where
             max_bytes: shared.config.max_bytes_len,
             max_list: shared.config.max_list_len,
         };
-        loop {
+        // Replies answered inline while handling one burst of frames go out
+        // together, as one write.
+        let mut replies = Vec::new();
+        'reading: loop {
             let next = tokio::select! {
                 _ = shared.closed.cancelled() => break,
                 next = frames.next() => next,
             };
-            let frame = match next {
-                Some(Ok(frame)) => frame,
-                None => {
-                    shared.close(Error::ConnectionLost(
-                        "the peer closed the connection".into(),
-                    ));
-                    break;
-                }
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    let why = format!(
-                        "frame rejected: {e} (this side accepts at most {} bytes)",
-                        shared.config.max_frame_len
-                    );
-                    protocol_violation(&shared, &why);
-                    break;
-                }
-                Some(Err(e)) => {
-                    shared.close(Error::ConnectionLost(format!("read failed: {e}").into()));
-                    break;
-                }
-            };
-            shared.touch();
-            match wire::decode(&frame, limits) {
-                Ok(msg) => {
-                    if let Err(why) = shared.handle_message(msg) {
-                        protocol_violation(&shared, &why);
-                        break;
+            if !shared.on_frame(next, limits, &mut replies) {
+                break;
+            }
+            // Handle the frames that are already here before flushing.
+            while replies.len() < COALESCE_BYTES {
+                match frames.next().now_or_never() {
+                    Some(next) => {
+                        if !shared.on_frame(next, limits, &mut replies) {
+                            break 'reading;
+                        }
                     }
+                    None => break,
                 }
-                // A well-formed message that breaks a limit fails alone.
-                Err(why)
-                    if why.starts_with(wire::LIMIT_MARK) && shared.over_limit(&frame, &why) => {}
-                Err(why) => {
-                    protocol_violation(&shared, &why);
-                    break;
+            }
+            if !replies.is_empty() {
+                let batch = std::mem::take(&mut replies);
+                tokio::select! {
+                    _ = shared.closed.cancelled() => break,
+                    sent = shared.out.send(batch) => if sent.is_err() { break },
                 }
             }
         }
@@ -87,6 +74,54 @@ where
     }
     .instrument(span)
     .await
+}
+
+impl Shared {
+    /// Handles one result of the frame stream; false when reading must stop.
+    fn on_frame(
+        self: &Arc<Shared>,
+        next: Option<std::io::Result<bytes::BytesMut>>,
+        limits: DecodeLimits,
+        replies: &mut Vec<u8>,
+    ) -> bool {
+        let frame = match next {
+            Some(Ok(frame)) => frame.freeze(),
+            None => {
+                self.close(Error::ConnectionLost(
+                    "the peer closed the connection".into(),
+                ));
+                return false;
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let why = format!(
+                    "frame rejected: {e} (this side accepts at most {} bytes)",
+                    self.config.max_frame_len
+                );
+                protocol_violation(self, &why);
+                return false;
+            }
+            Some(Err(e)) => {
+                self.close(Error::ConnectionLost(format!("read failed: {e}").into()));
+                return false;
+            }
+        };
+        self.touch();
+        match wire::decode(&frame, limits) {
+            Ok(msg) => match self.handle_message(msg, &frame, replies) {
+                Ok(()) => true,
+                Err(why) => {
+                    protocol_violation(self, &why);
+                    false
+                }
+            },
+            // A well-formed message that breaks a limit fails alone.
+            Err(why) if why.starts_with(wire::LIMIT_MARK) && self.over_limit(&frame, &why) => true,
+            Err(why) => {
+                protocol_violation(self, &why);
+                false
+            }
+        }
+    }
 }
 
 /// The peer broke the protocol: tell it why and close.
@@ -111,6 +146,14 @@ pub(super) async fn write_loop<W>(
         tokio::select! {
             biased;
             frame = frames.recv() => match frame {
+                Some(frame) if frame.len() >= COALESCE_BYTES && buf.is_empty() => {
+                    // A big frame goes out as it is, without a copy.
+                    if let Err(e) = write_or_close(&shared, &mut writer, &frame).await {
+                        shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
+                        break;
+                    }
+                    continue;
+                }
                 Some(frame) => buf.extend_from_slice(&frame),
                 None => closing = true,
             },
@@ -153,6 +196,18 @@ pub(super) async fn write_loop<W>(
         }
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, writer.shutdown()).await;
+}
+
+/// Writes `bytes`, giving up if the connection closes meanwhile.
+async fn write_or_close<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    tokio::select! {
+        r = writer.write_all(bytes) => r,
+        _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
+    }
 }
 
 impl Shared {

@@ -516,7 +516,11 @@ impl Shared {
         self.closed.cancel();
         // Dropping the senders fails each waiting call with the reason.
         self.pending.clear();
-        // Running requests hold child tokens of `closed`: they stop now.
+        // Stop the running requests (their tasks also watch `closed`; the
+        // tokens tell blocking handlers that poll `is_cancelled`).
+        for entry in self.running.iter() {
+            entry.value().cancel();
+        }
         let released = self.exports.clear();
         self.imports.clear();
         self.control
