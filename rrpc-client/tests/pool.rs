@@ -442,6 +442,85 @@ async fn typed_or_multi_call_jobs_run_as_closures_over_the_root() {
 }
 
 #[tokio::test]
+async fn a_pinned_job_runs_on_its_node_only_and_fails_when_it_is_lost() {
+    within(30, async {
+        let nodes = [good_node().await, good_node().await, dying_node().await];
+        let (a, b, dying) = (&nodes[0].addr, &nodes[1].addr, &nodes[2].addr);
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = free.local_addr().unwrap().to_string();
+        drop(free);
+        let pool = Pool::connect_with([a.clone(), b.clone(), gone.clone()], quiet().concurrency(1))
+            .await
+            .unwrap();
+        // Four slow jobs pinned to b queue up there; unpinned jobs submitted
+        // after them are not held up, and never go to b while it is full.
+        let pinned: Vec<_> = (0..4)
+            .map(|n| pool.submit_job(JobSpec::call("", "square", (n, 150)).on_node(b.clone())))
+            .collect();
+        let free_jobs: Vec<_> = (10..12)
+            .map(|n| pool.submit("", "square", (n, 0)))
+            .collect();
+        for (n, job) in (10i64..).zip(&free_jobs) {
+            assert_eq!(job.clone().await.unwrap(), Value::from(n * n));
+            assert_eq!(job.info().node.as_deref(), Some(a.as_str()), "job {n}");
+        }
+        assert!(
+            !pinned[3].ready(),
+            "the unpinned jobs waited for the pinned ones"
+        );
+        for (n, job) in (0i64..).zip(&pinned) {
+            assert_eq!(job.clone().await.unwrap(), Value::from(n * n));
+            let info = job.info();
+            assert_eq!(info.node.as_deref(), Some(b.as_str()), "job {n}");
+            assert_eq!(info.attempts, 1);
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.nodes[1].jobs, 4, "{stats}");
+
+        // Pinned to a node the pool could not reach, or does not have: fails at once.
+        let err = pool
+            .submit_job(JobSpec::call("", "square", (1,)).on_node(gone.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PoolError::PinnedNodeLost { .. }), "{err}");
+        assert!(
+            err.is_node_loss() && err.to_string().contains("unreachable"),
+            "{err}"
+        );
+        let err = pool
+            .submit_job(JobSpec::call("", "square", (1,)).on_node("10.9.9.9:1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PoolError::PinnedNodeLost { .. }), "{err}");
+
+        // Pinned to a node that dies: the running job and the one queued
+        // behind it fail, and neither moves to the live node.
+        drop(pool);
+        let pool = Pool::connect_with([a.clone(), dying.clone()], quiet().concurrency(1))
+            .await
+            .unwrap();
+        let on_dying: Vec<_> = (0..2)
+            .map(|n| pool.submit_job(JobSpec::call("", "square", (n,)).on_node(dying.clone())))
+            .collect();
+        for job in &on_dying {
+            let err = job.clone().await.unwrap_err();
+            assert!(matches!(err, PoolError::PinnedNodeLost { .. }), "{err}");
+            assert!(err.to_string().contains(dying.as_str()), "{err}");
+        }
+        assert_eq!(on_dying[0].info().attempts, 1);
+        assert_eq!(on_dying[1].info().attempts, 0);
+        let stats = pool.stats();
+        assert!(stats.nodes[1].lost.is_some(), "{stats}");
+        assert_eq!(
+            stats.nodes[0].jobs, 0,
+            "a pinned job ran elsewhere:\n{stats}"
+        );
+        assert_eq!(pool.active(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn dropping_the_pool_fails_its_unfinished_jobs_and_stops_its_tasks() {
     within(30, async {
         let server = good_node().await;

@@ -189,6 +189,71 @@ async fn run_once_per_host_and_exit_codes() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_re_runs_the_commands_of_a_host_lost_mid_run_elsewhere() {
+    within(60, async {
+        let doomed = stock_server().await;
+        let keeper = stock_server().await;
+        let (lost, kept) = (
+            doomed.local_addr().to_string(),
+            keeper.local_addr().to_string(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let commands = dir.path().join("commands.txt");
+        let list: String = (1..=4)
+            .map(|n| format!("sleep 1.5; echo job {n}\n"))
+            .collect();
+        std::fs::write(&commands, list).unwrap();
+        let out_dir = dir.path().join("out");
+        let hosts = format!("{lost},{kept}");
+        let run = tokio::spawn(async move {
+            let (out_dir, commands) = (out_dir.to_str().unwrap(), commands.to_str().unwrap());
+            rrpc(&[
+                "run",
+                "--hosts",
+                &hosts,
+                "--parallel",
+                "2",
+                "--out-dir",
+                out_dir,
+                "--commands",
+                commands,
+            ])
+            .await
+        });
+        // The first host takes its share, then goes away under it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        doomed.stop().await;
+        let out = run.await.unwrap();
+        let (stdout, stderr) = text(&out);
+        println!("{stdout}\n{stderr}");
+        assert_eq!(out.status.code(), Some(2), "all ran, but a host was lost");
+        for n in 1..=4 {
+            let file = std::fs::read_to_string(dir.path().join(format!("out/output{n}.txt")));
+            assert_eq!(file.unwrap(), format!("job {n}\n"));
+        }
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("echo job")).collect();
+        assert_eq!(rows.len(), 4, "{stdout}");
+        for row in rows {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!((cols[1], cols[2]), (kept.as_str(), "0"), "{row}");
+        }
+        assert!(
+            stdout.contains(&format!("unreachable host: {lost}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("4 command(s), 4 ok, 0 failed, 1 host(s) unreachable"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("host lost during the run: {lost}")),
+            "{stderr}"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn call_ls_ping_and_transfers_from_the_shell() {
     within(60, async {
@@ -310,6 +375,82 @@ async fn the_cli_authenticates_with_a_secret_and_speaks_tls() {
         assert!(err.contains("authentication failed"), "{err}");
         let no_tls = rrpc(&["--secret-file", secret, "call", &addr, "sys.cpu_count"]).await;
         assert!(!no_tls.status.success());
+        server.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn run_connects_with_the_secret_and_tls_too() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = rrpc_server::tls::ClusterCerts::generate(&[]).unwrap();
+        certs.write_to(dir.path()).unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "run-secret\n").unwrap();
+        let tls = rrpc_server::tls::TlsServer::from_pem(
+            certs.server_cert.as_bytes(),
+            certs.server_key.as_bytes(),
+            None,
+        )
+        .unwrap();
+        let config = rrpc_client::Config::default()
+            .with_secret(rrpc_core::handshake::Secret::new("run-secret").unwrap());
+        let server = Server::new(stock_root(&ToolboxOptions::default()).unwrap())
+            .with_config(config)
+            .with_tls(tls)
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .spawn();
+        let addr = server.local_addr().to_string();
+        let ca = dir.path().join("ca.pem");
+        let out_dir = dir.path().join("out");
+        let (ca, secret, out) = (
+            ca.to_str().unwrap(),
+            secret_file.to_str().unwrap(),
+            out_dir.to_str().unwrap(),
+        );
+        let ok = rrpc(&[
+            "--tls-ca",
+            ca,
+            "--secret-file",
+            secret,
+            "run",
+            "--hosts",
+            &addr,
+            "--out-dir",
+            out,
+            "--",
+            "echo",
+            "secure",
+        ])
+        .await;
+        assert!(ok.status.success(), "{:?}", text(&ok));
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("output1.txt")).unwrap(),
+            "secure\n"
+        );
+        // Without the secret the host is unreachable: reported, exit 1.
+        let refused = rrpc(&[
+            "--tls-ca",
+            ca,
+            "run",
+            "--hosts",
+            &addr,
+            "--out-dir",
+            out,
+            "--",
+            "true",
+        ])
+        .await;
+        let (stdout, stderr) = text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains("authentication failed"), "{stderr}");
+        assert!(
+            stdout.contains(&format!("unreachable host: {addr}")),
+            "{stdout}"
+        );
         server.stop().await;
     })
     .await

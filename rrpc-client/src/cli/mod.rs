@@ -8,7 +8,6 @@ mod files;
 mod inspect;
 pub mod json;
 mod run;
-pub mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,9 +100,11 @@ pub enum Command {
     ///
     /// With `-- CMD…` the command runs once on every host; with
     /// `--commands FILE` the file's commands (one a line; `#` comments) are
-    /// spread over the hosts, each host kept busy with up to `--parallel`
-    /// at once. Exit status: 0 if every command succeeded, 1 if any failed,
-    /// 2 if all succeeded but a host was unreachable.
+    /// spread over the hosts by the cluster pool, each host kept busy with
+    /// up to `--parallel` at once (default: its CPU count); the commands of
+    /// a host lost mid-run run again on the others. Exit status: 0 if every
+    /// command succeeded, 1 if any failed, 2 if all succeeded but a host was
+    /// unreachable or lost.
     Run(run::RunArgs),
 }
 
@@ -220,10 +221,12 @@ impl Security {
     }
 }
 
-/// Connects (TCP, TLS if configured, handshake) within `timeout`.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<rrpc_core::Connection, CliError> {
-    let addr = with_port(addr);
+/// The connect options of every connection of this process: the secret and
+/// TLS settings from the command line, `timeout` for the TCP connection and
+/// for each handshake (rrpc's and TLS's).
+fn connect_options(timeout: Duration) -> crate::ConnectOptions {
     let mut options = crate::ConnectOptions::default().connect_timeout(timeout);
+    options.config = options.config.with_handshake_timeout(timeout);
     if let Some(security) = SECURITY.get() {
         if let Some(secret) = &security.secret {
             options.config = options.config.with_secret(secret.clone());
@@ -232,6 +235,13 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<rrpc_core::Connect
             options = options.tls(tls.clone());
         }
     }
+    options
+}
+
+/// Connects (TCP, TLS if configured, handshake) within `timeout`.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<rrpc_core::Connection, CliError> {
+    let addr = with_port(addr);
+    let options = connect_options(timeout);
     match tokio::time::timeout(timeout, crate::connect_with(addr.as_str(), options)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(format!("{addr}: {e}").into()),

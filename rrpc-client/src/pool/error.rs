@@ -71,6 +71,19 @@ pub enum PoolError {
         /// How that node was lost.
         reason: String,
     },
+    /// The job is pinned to one node ([`JobSpec::on_node`](super::JobSpec::on_node))
+    /// and that node cannot run it: it is unreachable, not in the pool, or
+    /// was lost before or while the job ran. A pinned job is never moved to
+    /// another node.
+    #[error("job {job} is pinned to node {node}, which cannot run it: {reason}")]
+    PinnedNodeLost {
+        /// The job.
+        job: JobId,
+        /// The node it is pinned to.
+        node: String,
+        /// Why that node cannot run it.
+        reason: String,
+    },
     /// The job was cancelled before it finished.
     #[error("job {0} was cancelled")]
     Cancelled(JobId),
@@ -121,6 +134,7 @@ impl PoolError {
             PoolError::NoNodeLeft { .. }
                 | PoolError::NotRetried { .. }
                 | PoolError::RetriesExhausted { .. }
+                | PoolError::PinnedNodeLost { .. }
         )
     }
 }

@@ -105,6 +105,8 @@ pub struct JobSpec {
     pub(crate) retryable: bool,
     pub(crate) timeout: Option<Duration>,
     pub(crate) on_status: Option<StatusCallback>,
+    /// The only node the job may run on (its address as given to the pool).
+    pub(crate) node: Option<String>,
 }
 
 impl JobSpec {
@@ -141,6 +143,7 @@ impl JobSpec {
             retryable: true,
             timeout: None,
             on_status: None,
+            node: None,
         }
     }
 
@@ -162,6 +165,33 @@ impl JobSpec {
     /// [`PoolOptions::job_timeout`](super::PoolOptions::job_timeout)).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Pins the job to one node: it runs on the node whose address is `addr`
+    /// (exactly as given to [`Pool::connect`](super::Pool::connect) or
+    /// [`Pool::add_node`](super::Pool::add_node)), never on another, waiting
+    /// for a free slot there while unpinned jobs go on to other nodes.
+    ///
+    /// As it cannot move, a pinned job fails with
+    /// [`PoolError::PinnedNodeLost`] when that node is unreachable, not in
+    /// the pool, or lost before or while the job runs; it is then not re-run
+    /// elsewhere. Use it to run something once on every node:
+    ///
+    /// ```no_run
+    /// # async fn run(pool: &rrpc_client::pool::Pool, addrs: &[&str]) {
+    /// use rrpc_client::pool::JobSpec;
+    /// let jobs: Vec<_> = addrs
+    ///     .iter()
+    ///     .map(|addr| pool.submit_job(JobSpec::call("sys", "cpu_count", ()).on_node(*addr)))
+    ///     .collect();
+    /// for job in jobs {
+    ///     println!("{:?} on {:?}", job.clone().await, job.info().node);
+    /// }
+    /// # }
+    /// ```
+    pub fn on_node(mut self, addr: impl Into<String>) -> Self {
+        self.node = Some(addr.into());
         self
     }
 
@@ -190,6 +220,7 @@ impl fmt::Debug for JobSpec {
         d.field("retries", &self.retries)
             .field("retryable", &self.retryable)
             .field("timeout", &self.timeout)
+            .field("node", &self.node)
             .finish()
     }
 }

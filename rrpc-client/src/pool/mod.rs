@@ -7,7 +7,9 @@
 //! times. When a node dies or stops answering its heartbeat within
 //! [`PoolOptions::node_deadline`], the jobs it was running are re-queued on
 //! the others; when no node is left, waiting jobs fail at once with
-//! [`PoolError::NoNodeLeft`] rather than hang.
+//! [`PoolError::NoNodeLeft`] rather than hang. A job pinned to one node
+//! with [`JobSpec::on_node`] runs there only (the `rrpc run` CLI runs a
+//! command once on every host this way).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), rrpc_client::pool::PoolError> {

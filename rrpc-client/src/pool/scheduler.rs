@@ -108,10 +108,16 @@ impl Effects {
 /// (running / concurrency), so idle nodes come first; among equals, the one
 /// that has started the fewest jobs.
 pub(crate) fn pick(nodes: &[NodeEntry]) -> Option<usize> {
+    pick_among(nodes, None)
+}
+
+/// Like [`pick`], among the nodes at `pinned` only when it is given (a job
+/// pinned to a node by [`JobSpec::on_node`](super::JobSpec::on_node)).
+pub(crate) fn pick_among(nodes: &[NodeEntry], pinned: Option<&str>) -> Option<usize> {
     nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.has_room())
+        .filter(|(_, n)| n.has_room() && pinned.is_none_or(|addr| n.addr == addr))
         .min_by(|(ia, a), (ib, b)| {
             (a.running * b.concurrency)
                 .cmp(&(b.running * a.concurrency))
@@ -157,6 +163,19 @@ impl State {
         }
     }
 
+    /// Why a job pinned to `addr` cannot run, or `None` if a live node has
+    /// that address.
+    fn pinned_unavailable(&self, addr: &str) -> Option<String> {
+        let mut reason = None;
+        for node in self.nodes.iter().filter(|n| n.addr == addr) {
+            match &node.health {
+                super::node::Health::Up => return None,
+                super::node::Health::Lost(why) => reason = Some(why.clone()),
+            }
+        }
+        Some(reason.unwrap_or_else(|| "no node of the pool has this address".to_owned()))
+    }
+
     /// Queues a new job, or fails it at once when it cannot run.
     pub(crate) fn enqueue(&mut self, job: Arc<JobShared>, cx: &Ctx<'_>, fx: &mut Effects) {
         fx.submitted += 1;
@@ -166,6 +185,17 @@ impl State {
             Some(PoolError::NoNodeLeft {
                 job: job.id,
                 reason: self.no_node_reason(),
+            })
+        } else if let Some((addr, reason)) = job
+            .spec
+            .node
+            .as_deref()
+            .and_then(|addr| Some((addr, self.pinned_unavailable(addr)?)))
+        {
+            Some(PoolError::PinnedNodeLost {
+                job: job.id,
+                node: addr.to_owned(),
+                reason,
             })
         } else if self.queue.len() >= cx.options.max_queued {
             Some(PoolError::QueueFull {
@@ -183,14 +213,26 @@ impl State {
         self.dispatch(cx, fx);
     }
 
-    /// Starts queued jobs while some node has a free slot.
+    /// Starts queued jobs, in queue order, while some node has a free slot.
+    /// A pinned job whose node is full stays queued without holding up the
+    /// jobs behind it.
     pub(crate) fn dispatch(&mut self, cx: &Ctx<'_>, fx: &mut Effects) {
-        while !self.queue.is_empty() {
-            let Some(index) = pick(&self.nodes) else {
+        let mut at = 0;
+        while at < self.queue.len() {
+            let pinned = self.queue[at].spec.node.as_deref();
+            let Some(index) = pick_among(&self.nodes, pinned) else {
+                if pinned.is_some() && pick(&self.nodes).is_some() {
+                    // Its node is full, but others have room for later jobs.
+                    at += 1;
+                    continue;
+                }
                 break;
             };
             let node = &mut self.nodes[index];
-            let (Some(link), Some(job)) = (node.link.clone(), self.queue.pop_front()) else {
+            let Some(link) = node.link.clone() else {
+                break;
+            };
+            let Some(job) = self.queue.remove(at) else {
                 break;
             };
             node.running += 1;
@@ -269,8 +311,8 @@ impl State {
     }
 
     /// Node `index` is lost: its running jobs go back to the queue (or fail,
-    /// when not retryable or out of retries); with no node left, every
-    /// queued job fails.
+    /// when not retryable, out of retries or pinned to it), queued jobs
+    /// pinned to it fail; with no node left, every queued job fails.
     pub(crate) fn node_lost(
         &mut self,
         index: usize,
@@ -315,6 +357,13 @@ impl State {
                     node: addr.clone(),
                     reason: reason.clone(),
                 })
+            } else if job.spec.node.is_some() {
+                // Pinned here: it may not move, and this node is gone.
+                Some(PoolError::PinnedNodeLost {
+                    job: id,
+                    node: addr.clone(),
+                    reason: reason.clone(),
+                })
             } else if attempts > retries {
                 Some(PoolError::RetriesExhausted {
                     job: id,
@@ -338,6 +387,7 @@ impl State {
                 }
             }
         }
+        self.fail_stranded_pinned(fx);
         if self.up_nodes() == 0 {
             let reason = self.no_node_reason();
             for job in std::mem::take(&mut self.queue) {
@@ -349,6 +399,33 @@ impl State {
             }
         }
         self.dispatch(cx, fx);
+    }
+
+    /// Fails the queued jobs pinned to a node that is no longer up.
+    fn fail_stranded_pinned(&mut self, fx: &mut Effects) {
+        if !self.queue.iter().any(|j| j.spec.node.is_some()) {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for job in std::mem::take(&mut self.queue) {
+            let stranded = job
+                .spec
+                .node
+                .as_deref()
+                .and_then(|addr| Some((addr.to_owned(), self.pinned_unavailable(addr)?)));
+            match stranded {
+                Some((node, reason)) => {
+                    let err = PoolError::PinnedNodeLost {
+                        job: job.id,
+                        node,
+                        reason,
+                    };
+                    self.finish(&job, Err(err), None, fx);
+                }
+                None => kept.push_back(job),
+            }
+        }
+        self.queue = kept;
     }
 
     /// Cancels a queued or running job; false if it already finished.
@@ -472,6 +549,18 @@ mod tests {
         let nodes = [node(2, 2, 0), lost, node(2, 1, 0), node(4, 1, 5)];
         assert_eq!(pick(&nodes), Some(3));
         assert_eq!(pick(&[node(1, 1, 0)]), None);
+    }
+
+    #[test]
+    fn a_pinned_job_only_goes_to_its_node() {
+        let mut nodes = [node(2, 0, 0), node(2, 1, 0), node(2, 0, 0)];
+        nodes[1].addr = "b".into();
+        // The busier node, as it is the only one at that address.
+        assert_eq!(pick_among(&nodes, Some("b")), Some(1));
+        nodes[1].running = 2;
+        assert_eq!(pick_among(&nodes, Some("b")), None);
+        assert_eq!(pick_among(&nodes, Some("nowhere")), None);
+        assert_eq!(pick_among(&nodes, None), Some(0));
     }
 
     #[test]
