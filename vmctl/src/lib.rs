@@ -22,6 +22,7 @@
 //! ```
 
 pub mod accel;
+pub mod batch;
 pub mod console;
 pub mod net;
 pub mod plan;
