@@ -241,13 +241,25 @@ fn state_of(v: &Value) -> Option<String> {
     }
 }
 
-/// The exit code: `0`, `{"return_code": 3}`, `{"return_code": {"number": 3, …}}`.
+/// The exit code. Slurm 22.05 gives the raw wait status as a number (exit 3
+/// is `768`; a signal shows in the low bits); later versions give
+/// `{"status": […], "return_code": 3 | {"number": 3, …}}`.
 fn exit_code_of(v: &Value) -> Option<i32> {
-    let n = match v {
-        Value::Object(o) if o.contains_key("return_code") => o.get("return_code").and_then(number),
-        other => number(other),
-    }?;
-    i32::try_from(n).ok()
+    match v {
+        Value::Object(o) if o.contains_key("return_code") => o
+            .get("return_code")
+            .and_then(number)
+            .and_then(|n| i32::try_from(n).ok()),
+        other => {
+            let status = number(other)?;
+            let signal = status & 0x7f;
+            if signal != 0 {
+                Some(128 + i32::try_from(signal).ok()?)
+            } else {
+                i32::try_from((status >> 8) & 0xff).ok()
+            }
+        }
+    }
 }
 
 fn nonempty(v: Option<&Value>) -> Option<String> {
@@ -366,7 +378,7 @@ mod tests {
           {"job_id":9,"name":"arr","job_state":"COMPLETED","partition":"exp",
            "array_job_id":8,"array_task_id":1,"exit_code":0},
           {"job_id":10,"name":"bad","job_state":"FAILED","partition":"cluster",
-           "array_job_id":0,"exit_code":3}]}"#;
+           "array_job_id":0,"exit_code":768}]}"#;
         let jobs = parse_json(doc).unwrap();
         assert_eq!(jobs[0].id.0, "7");
         assert_eq!(jobs[0].state, JobState::Pending);
