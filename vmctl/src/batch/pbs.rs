@@ -80,8 +80,16 @@ impl PbsBackend {
                 a.extend([flag.into(), p.to_string_lossy().into_owned()]);
             }
         }
-        if spec.stderr.is_none() && spec.stdout.is_some() {
-            a.extend(["-j".into(), "oe".into()]);
+        match (&spec.stdout, &spec.stderr) {
+            (Some(_), None) => a.extend(["-j".into(), "oe".into()]),
+            (None, None) => a.extend([
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                "/dev/null".into(),
+            ]),
+            (None, Some(_)) => a.extend(["-o".into(), "/dev/null".into()]),
+            (Some(_), Some(_)) => {}
         }
         if let Some(n) = spec.array {
             a.extend(["-t".into(), format!("0-{}", n - 1)]);

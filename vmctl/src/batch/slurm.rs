@@ -84,8 +84,9 @@ impl SlurmBackend {
             a.push(format!("--time={}", t.as_secs().div_ceil(60).max(1)));
         }
         let id = if spec.array.is_some() { "%A" } else { "%j" };
-        if let Some(p) = &spec.stdout {
-            a.push(format!("--output={}", script::placeholders(p, id, "%a")));
+        match &spec.stdout {
+            Some(p) => a.push(format!("--output={}", script::placeholders(p, id, "%a"))),
+            None => a.push("--output=/dev/null".into()),
         }
         if let Some(p) = &spec.stderr {
             a.push(format!("--error={}", script::placeholders(p, id, "%a")));

@@ -71,7 +71,7 @@ pub struct JobSpec {
     pub wall_time: Option<Duration>,
     /// Partition (Slurm) or queue (PBS).
     pub queue: Option<String>,
-    /// Where its stdout goes.
+    /// Where its stdout goes (discarded when `None`, on every backend).
     pub stdout: Option<PathBuf>,
     /// Where its stderr goes (with stdout when `None`).
     pub stderr: Option<PathBuf>,

@@ -245,6 +245,15 @@ impl CondorPool {
 
 impl Drop for CondorPool {
     fn drop(&mut self) {
+        let home = self.root.join("home").join(CONDOR_USER);
+        let mine = format!("vmctl-test-{}-", std::process::id());
+        if let Ok(entries) = std::fs::read_dir(&home) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let _ = Command::new("bash")
             .arg(script("condor-local.sh"))
             .arg("stop")
