@@ -177,7 +177,7 @@ impl Batch for CondorBackend {
     async fn cancel(&self, id: &JobId) -> Result<(), BatchError> {
         self.config
             .runner
-            .run("condor_rm", &[id.0.clone()], None)
+            .run("condor_rm", std::slice::from_ref(&id.0), None)
             .await?;
         Ok(())
     }

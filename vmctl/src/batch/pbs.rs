@@ -160,7 +160,7 @@ impl Batch for PbsBackend {
     async fn cancel(&self, id: &JobId) -> Result<(), BatchError> {
         self.config
             .runner
-            .run("qdel", &[id.0.clone()], None)
+            .run("qdel", std::slice::from_ref(&id.0), None)
             .await?;
         Ok(())
     }

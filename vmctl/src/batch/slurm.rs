@@ -177,7 +177,9 @@ impl Batch for SlurmBackend {
     }
 
     async fn cancel(&self, id: &JobId) -> Result<(), BatchError> {
-        self.runner.run("scancel", &[id.0.clone()], None).await?;
+        self.runner
+            .run("scancel", std::slice::from_ref(&id.0), None)
+            .await?;
         Ok(())
     }
 }
