@@ -24,6 +24,7 @@
 pub mod accel;
 pub mod batch;
 pub mod console;
+pub mod integrator;
 pub mod net;
 pub mod plan;
 pub mod qemu;

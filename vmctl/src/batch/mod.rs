@@ -38,6 +38,7 @@ mod slurm;
 mod spec;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use condor::{CondorBackend, CondorConfig};
 pub use error::BatchError;
@@ -118,5 +119,24 @@ impl Batch for Backend {
             Backend::Condor(b) => b.cancel(id).await,
             Backend::Local(b) => b.cancel(id).await,
         }
+    }
+}
+
+/// A shared backend is a backend (one Slurm can hold both queues).
+impl<T: Batch> Batch for Arc<T> {
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn submit(&self, job: &JobSpec) -> impl Future<Output = Result<JobId, BatchError>> + Send {
+        (**self).submit(job)
+    }
+    fn list(
+        &self,
+        query: &JobQuery,
+    ) -> impl Future<Output = Result<Vec<JobInfo>, BatchError>> + Send {
+        (**self).list(query)
+    }
+    fn cancel(&self, id: &JobId) -> impl Future<Output = Result<(), BatchError>> + Send {
+        (**self).cancel(id)
     }
 }
