@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod condor;
 mod error;
 mod local;

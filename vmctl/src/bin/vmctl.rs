@@ -28,6 +28,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Submit, list and cancel jobs on Slurm, PBS or HTCondor.
+    Batch(vmctl::batch::cli::BatchCommand),
+    /// Keep VM-launch jobs on the cluster matched to the experiment's queue.
+    Integrate(vmctl::batch::cli::IntegrateCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +59,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Batch(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(vmctl::batch::cli::run_batch(cmd))
+        }
+        Command::Integrate(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(vmctl::batch::cli::run_integrate(cmd))
+        }
         Command::Plan {
             vm_cpus,
             vm_mem,

@@ -198,17 +198,6 @@ impl CondorPool {
         CondorPool { root }
     }
 
-    pub fn shared() -> Arc<CondorPool> {
-        static SHARED: Mutex<Weak<CondorPool>> = Mutex::new(Weak::new());
-        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = slot.upgrade() {
-            return c;
-        }
-        let c = Arc::new(CondorPool::start());
-        *slot = Arc::downgrade(&c);
-        c
-    }
-
     /// Commands run inside the chroot as the non-root user.
     pub fn runner(&self) -> CommandRunner {
         CommandRunner::new()
