@@ -15,16 +15,28 @@
 set -eu
 R=${CONDOR_ROOT:-/var/tmp/rrpc-condor-trixie}
 DONE=$R/.rrpc-setup-done
+BOOTSTRAPPED=$R/.rrpc-debootstrap-done
+LOG=${R%/}.setup.log
 CONFIG_VERSION=1
+say() { echo "setup-condor: $*" >&2; }
 
 if [ -f "$DONE" ] && [ "$(cat "$DONE")" = "$CONFIG_VERSION" ] && [ -x "$R/usr/bin/condor_submit" ]; then
   echo "setup-condor: already set up in $R ($(chroot "$R" condor_version | head -1))"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "setup-condor: must run as root (debootstrap, chroot)" >&2
+  say "must run as root (debootstrap, chroot)"
   exit 1
 fi
+# One setup at a time (a second caller waits, then finds the work done).
+exec 9>"${R%/}.lock"
+flock 9
+if [ -f "$DONE" ] && [ "$(cat "$DONE")" = "$CONFIG_VERSION" ] && [ -x "$R/usr/bin/condor_submit" ]; then
+  say "already set up in $R"
+  exit 0
+fi
+trap 'say "FAILED; the last lines of $LOG:"; tail -20 "$LOG" >&2 || true' EXIT
+: >"$LOG"
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v debootstrap >/dev/null 2>&1; then
   apt-cache show debootstrap >/dev/null 2>&1 || apt-get update -qq
@@ -43,21 +55,30 @@ mounts_down() {
   done
 }
 
-if [ ! -x "$R/usr/bin/apt-get" ]; then
+# A chroot finished by an earlier version of this script counts as bootstrapped.
+if [ -f "$DONE" ] && [ -x "$R/usr/bin/apt-get" ]; then touch "$BOOTSTRAPPED"; fi
+if [ ! -f "$BOOTSTRAPPED" ]; then
   # The mirror of the host's configured Debian source (deb822 or one-line form).
   URI=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
   [ -n "$URI" ] || URI=$(awk '$1 == "deb" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
   [ -n "$URI" ] || URI=http://deb.debian.org/debian
-  rm -rf "$R"
-  debootstrap --variant=minbase trixie "$R" "$URI" >/dev/null
+  # A half-finished chroot from an interrupted run is thrown away.
+  for m in dev/pts dev sys proc; do
+    if mountpoint -q "$R/$m"; then umount "$R/$m" || umount -l "$R/$m"; fi
+  done
+  rm -rf --one-file-system "$R"
+  say "debootstrap trixie into $R from $URI (about 40 s)"
+  debootstrap --variant=minbase trixie "$R" "$URI" >>"$LOG" 2>&1
+  touch "$BOOTSTRAPPED"
 fi
 # Nothing may start services inside the chroot during the install.
 printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
 chmod +x "$R/usr/sbin/policy-rc.d"
-trap mounts_down EXIT
+trap 'mounts_down; say "FAILED; the last lines of $LOG:"; tail -20 "$LOG" >&2 || true' EXIT
 mounts_up
 if [ ! -x "$R/usr/bin/condor_submit" ]; then
-  chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends htcondor >/dev/null
+  say "apt-get install htcondor in the chroot (about 20 s)"
+  chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends htcondor >>"$LOG" 2>&1
 fi
 chroot "$R" sh -c 'id tester >/dev/null 2>&1 || useradd -m tester'
 cat >"$R/etc/condor/config.d/99-rrpc-personal.config" <<'CONF'
@@ -87,4 +108,6 @@ UPDATE_INTERVAL = 2
 MASTER_UPDATE_INTERVAL = 5
 CONF
 echo "$CONFIG_VERSION" >"$DONE"
-echo "setup-condor: ready in $R ($(chroot "$R" condor_version | head -1))"
+mounts_down
+trap - EXIT
+say "ready in $R ($(chroot "$R" condor_version | head -1))"

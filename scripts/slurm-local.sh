@@ -13,6 +13,9 @@
 #
 # Env: SLURM_BASE (default /tmp/rrpc-slurm), SLURM_CTLD_PORT (6817),
 #      SLURM_D_PORT (6818), SLURM_CPUS (nproc), SLURM_MEMORY_MIB (2048),
+#      SLURM_PROCTRACK=linuxproc|cgroup (default linuxproc; cgroup also catches
+#        processes that daemonize, e.g. `qemu -daemonize`, on cgroup v1 hosts),
+#      SLURM_KILL_WAIT (seconds between SIGTERM and SIGKILL on scancel, 5),
 #      SLURM_OWNER_PID: when set, a watchdog stops this Slurm once that
 #      process is gone (so a killed test run leaves no daemons behind).
 set -euo pipefail
@@ -21,6 +24,8 @@ CTLD_PORT=${SLURM_CTLD_PORT:-6817}
 D_PORT=${SLURM_D_PORT:-6818}
 CPUS=${SLURM_CPUS:-$(nproc)}
 MEMORY=${SLURM_MEMORY_MIB:-2048}
+PROCTRACK=${SLURM_PROCTRACK:-linuxproc}
+KILL_WAIT=${SLURM_KILL_WAIT:-5}
 CONF=$BASE/etc/slurm.conf
 MSOCK=$BASE/munge/munge.sock
 export SLURM_CONF=$CONF
@@ -53,7 +58,7 @@ SlurmctldPidFile=$BASE/run/slurmctld.pid
 SlurmdPidFile=$BASE/run/slurmd.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
 SlurmdLogFile=$BASE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/$PROCTRACK
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -70,13 +75,27 @@ SlurmdTimeout=30
 InactiveLimit=0
 # Finished jobs stay visible to squeue for 5 minutes.
 MinJobAge=300
-KillWait=5
+KillWait=$KILL_WAIT
 Waittime=0
 SchedulerParameters=sched_interval=2
 NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY State=UNKNOWN
 PartitionName=exp Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=cluster Nodes=localhost Default=NO MaxTime=INFINITE State=UP
 CONF
+  if [ "$PROCTRACK" = cgroup ]; then
+    # cgroup v1 controllers (freezer…) mounted at /sys/fs/cgroup; confine nothing.
+    cat >"$BASE/etc/cgroup.conf" <<CG
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+CgroupAutomount=no
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainSwapSpace=no
+ConstrainDevices=no
+CG
+  else
+    rm -f "$BASE/etc/cgroup.conf"
+  fi
 }
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -19,7 +19,7 @@ fn backend(max_running: usize, dir: &Path) -> LocalBackend {
         spool: dir.join("spool"),
         workdir: dir.to_path_buf(),
         kill_grace: Duration::from_secs(2),
-        default_queue: "local".into(),
+        ..LocalConfig::default()
     })
     .unwrap()
 }
@@ -202,5 +202,34 @@ fn dropping_the_backend_kills_its_jobs() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the job outlived its backend");
+    });
+}
+
+#[test]
+fn finished_jobs_are_forgotten_after_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let b = LocalBackend::new(LocalConfig {
+            spool: dir.path().join("spool"),
+            workdir: dir.path().to_path_buf(),
+            keep_finished: Duration::from_millis(300),
+            ..LocalConfig::default()
+        })
+        .unwrap();
+        let old = b.submit(&JobSpec::command("old", ["true"])).await.unwrap();
+        wait_finished(&b, &old, 1).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let new = b
+            .submit(&JobSpec::command("new", ["sleep", "5"]))
+            .await
+            .unwrap();
+        let ids: Vec<JobId> = b
+            .list(&JobQuery::all())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(ids, [new]);
     });
 }

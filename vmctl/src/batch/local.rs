@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::process::Command;
@@ -33,6 +34,8 @@ pub struct LocalConfig {
     pub kill_grace: Duration,
     /// The queue name jobs report when they name none.
     pub default_queue: String,
+    /// How long finished jobs stay listed (like Slurm's `MinJobAge`).
+    pub keep_finished: Duration,
 }
 
 impl Default for LocalConfig {
@@ -41,13 +44,21 @@ impl Default for LocalConfig {
             max_running: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            spool: std::env::temp_dir().join(format!("vmctl-local-{}", std::process::id())),
+            spool: std::env::temp_dir().join(format!(
+                "vmctl-local-{}-{}",
+                std::process::id(),
+                SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
+            )),
             workdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             kill_grace: Duration::from_secs(5),
             default_queue: "local".into(),
+            keep_finished: Duration::from_secs(300),
         }
     }
 }
+
+/// Makes every default spool directory of a process distinct.
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The local backend. Cheap to clone; every clone shares one queue.
 #[derive(Debug, Clone)]
@@ -77,6 +88,8 @@ struct Job {
     state: JobState,
     raw: String,
     exit_code: Option<i32>,
+    /// When it finished (finished jobs are forgotten after `keep_finished`).
+    finished_at: Option<Instant>,
     /// Tells the supervising task to cancel the job.
     cancel: Option<watch::Sender<bool>>,
     /// The supervising task (owns the child).
@@ -162,6 +175,7 @@ impl Batch for LocalBackend {
                         state: JobState::Pending,
                         raw: "PENDING".into(),
                         exit_code: None,
+                        finished_at: None,
                         cancel: None,
                         task: None,
                     },
@@ -210,6 +224,7 @@ impl Batch for LocalBackend {
                     JobState::Pending => {
                         job.state = JobState::Cancelled;
                         job.raw = "CANCELLED".into();
+                        job.finished_at = Some(Instant::now());
                     }
                     JobState::Running => {
                         if let Some(tx) = &job.cancel {
@@ -236,6 +251,9 @@ fn parent_is(job: &Job, id: &JobId) -> bool {
 /// cancels jobs whose dependencies can never be met.
 fn pump(inner: &Arc<Inner>) {
     let mut st = lock(inner);
+    let keep = inner.config.keep_finished;
+    st.jobs
+        .retain(|_, j| j.finished_at.is_none_or(|t| t.elapsed() < keep));
     let keys: Vec<(u64, u32)> = st.jobs.keys().copied().collect();
     for key in keys {
         let running = st
@@ -270,6 +288,7 @@ fn pump(inner: &Arc<Inner>) {
         if never {
             job.state = JobState::Cancelled;
             job.raw = "DEPENDENCY_NEVER_SATISFIED".into();
+            job.finished_at = Some(Instant::now());
             continue;
         }
         if !ready || running >= inner.config.max_running {
@@ -329,6 +348,7 @@ fn start(inner: &Arc<Inner>, job: &mut Job) {
             tracing::warn!(job = %job.id, error = %e, "local job did not start");
             job.state = JobState::Failed;
             job.raw = format!("LAUNCH_FAILED: {e}");
+            job.finished_at = Some(Instant::now());
             return;
         }
     };
@@ -375,6 +395,7 @@ fn start(inner: &Arc<Inner>, job: &mut Job) {
             let mut st = lock(&inner);
             if let Some(job) = st.jobs.values_mut().find(|j| j.id == id) {
                 job.cancel = None;
+                job.finished_at = Some(Instant::now());
                 let code = exit.and_then(|s| s.code());
                 job.exit_code = code;
                 (job.state, job.raw) = match (outcome, exit) {
