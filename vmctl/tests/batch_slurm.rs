@@ -248,3 +248,34 @@ fn slurm_errors_name_the_command() {
         );
     });
 }
+
+/// The commands go through a prefix that takes one shell command line, the
+/// way `ssh host` does (here `sh -c`, since no sshd runs on the test host):
+/// quoting of awkward arguments and the environment (`SLURM_CONF`, passed as
+/// `env K=V` on the far side) survive the remote shell.
+#[test]
+fn through_a_remote_shell_prefix() {
+    let slurm = SlurmCluster::shared();
+    run(async {
+        let dir = slurm.scratch("remote shell");
+        let b = SlurmBackend::new(SlurmConfig {
+            runner: CommandRunner::new()
+                .prefix(Prefix::shell(["env", "-u", "SLURM_CONF", "sh", "-c"]))
+                .env("SLURM_CONF", slurm.conf().to_string_lossy()),
+            format: SqueueFormat::Auto,
+        });
+        let id = b
+            .submit(
+                &JobSpec::command("remote", ["echo", "it's a \"quoted\" $HOME; ok"])
+                    .comment("with spaces and 'quotes'")
+                    .stdout(dir.join("out {id}.txt")),
+            )
+            .await
+            .unwrap();
+        let job = wait_finished(&b, &id, 1).await.remove(0);
+        assert_eq!(job.state, JobState::Completed, "{job:?}");
+        assert_eq!(job.comment.as_deref(), Some("with spaces and 'quotes'"));
+        let out = read_output(&dir.join(format!("out {id}.txt"))).await;
+        assert_eq!(out.trim(), "it's a \"quoted\" $HOME; ok");
+    });
+}

@@ -139,6 +139,11 @@ impl SlurmCluster {
             .timeout(Duration::from_secs(30))
     }
 
+    /// The `slurm.conf` of this cluster.
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
     /// A directory for the jobs' files.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let d = self.dir.path().join("scratch").join(name);
