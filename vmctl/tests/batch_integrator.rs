@@ -195,3 +195,80 @@ fn the_run_loop_stops_and_dry_run_submits_nothing() {
         assert!(cluster.list(&JobQuery::all()).await.unwrap().is_empty());
     });
 }
+
+/// Idle VM blocks are shut down through the experiment's own batch system,
+/// once: a restarted integrator recognises the shutdown job by its name.
+#[test]
+fn idle_blocks_get_one_shutdown_job_each() {
+    use vmctl::integrator::BlockStatus;
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let local = |n: &str| {
+            LocalBackend::new(LocalConfig {
+                spool: dir.path().join(n),
+                workdir: dir.path().to_path_buf(),
+                ..LocalConfig::default()
+            })
+            .unwrap()
+        };
+        let exp = local("exp");
+        let cluster = local("cluster");
+        let fleet = vec![
+            BlockStatus {
+                block: "node-1".into(),
+                vms_ready: 2,
+                vms_busy: 0,
+            },
+            BlockStatus {
+                block: "node-2".into(),
+                vms_ready: 2,
+                vms_busy: 1,
+            },
+        ];
+        let marker = dir.path().join("shutdown-{block}");
+        let make = |dry_run: bool| {
+            let mut c = IntegratorConfig::new(
+                JobSpec::command("vmctl-launch", ["true"]),
+                Policy {
+                    vms_per_node: 2,
+                    max_nodes: 2,
+                    min_idle_vms: 0,
+                },
+            );
+            c.cluster_queue = None;
+            c.dry_run = dry_run;
+            // A stand-in for the real shutdown job: note the block, then
+            // stay queued a while, as a real one would until it ran.
+            c.shutdown_job = Some(JobSpec::script(
+                "x",
+                format!("echo \"$VMCTL_BLOCK\" > '{}'\nsleep 30\n", marker.display()),
+            ));
+            Integrator::new(exp.clone(), cluster.clone(), c)
+                .unwrap()
+                .with_fleet(fleet.clone())
+        };
+
+        let report = make(true).cycle().await.unwrap();
+        assert_eq!(report.shutdowns.len(), 1, "{report:?}");
+        assert!(report.shutdown_jobs.is_empty(), "dry-run submitted");
+
+        let report = make(false).cycle().await.unwrap();
+        assert_eq!(report.shutdowns.len(), 1, "{report:?}");
+        assert_eq!(report.shutdowns[0].block, "node-1");
+        assert_eq!(report.shutdown_jobs.len(), 1);
+        let job = wait_running(&exp, &report.shutdown_jobs[0]).await;
+        assert_eq!(job.name, "vmctl-shutdown-node-1");
+        let noted = batch_support::read_output(&dir.path().join("shutdown-node-1")).await;
+        assert_eq!(noted.trim(), "node-1");
+        // The shutdown job is the integrator's own: not demand for a launch.
+        assert_eq!(report.observation.user_running, 0);
+
+        // Restarted: the running shutdown job is recognised, nothing new.
+        let report = make(false).cycle().await.unwrap();
+        assert!(report.shutdowns.is_empty(), "{report:?}");
+        assert!(report.shutdown_jobs.is_empty());
+        let all = exp.list(&JobQuery::all()).await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(cluster.list(&JobQuery::all()).await.unwrap().is_empty());
+    });
+}

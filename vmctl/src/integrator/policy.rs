@@ -181,3 +181,119 @@ mod tests {
         }
     }
 }
+
+/// One node's block of VMs, as the VMs' registrations show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStatus {
+    /// The block's name (letters, digits, `.`, `_`, `-`).
+    pub block: String,
+    /// VMs up and registered.
+    pub vms_ready: u32,
+    /// Of those, VMs running a user job.
+    pub vms_busy: u32,
+}
+
+impl BlockStatus {
+    /// Ready VMs with no user job.
+    pub fn idle(&self) -> u32 {
+        self.vms_ready.saturating_sub(self.vms_busy)
+    }
+}
+
+/// A decision to shut a block of VMs down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shutdown {
+    /// The block.
+    pub block: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Decides which wholly idle VM blocks to shut down: none while user jobs
+/// wait; never a block that already has a shutdown job (`shutting_down`);
+/// and never below the idle pool of `min_idle_vms`. Blocks are considered
+/// in name order, so repeated cycles pick the same ones.
+pub fn decide_shutdown(
+    policy: &Policy,
+    obs: &Observation,
+    blocks: &[BlockStatus],
+    shutting_down: &[String],
+) -> Vec<Shutdown> {
+    if obs.user_pending > 0 {
+        return Vec::new();
+    }
+    let mut candidates: Vec<&BlockStatus> = blocks
+        .iter()
+        .filter(|b| !shutting_down.contains(&b.block))
+        .collect();
+    candidates.sort_by(|a, b| a.block.cmp(&b.block));
+    let mut idle_left: u32 = candidates.iter().map(|b| b.idle()).sum();
+    let mut out = Vec::new();
+    for b in candidates {
+        if b.vms_busy > 0 || b.vms_ready == 0 {
+            continue;
+        }
+        let after = idle_left - b.idle();
+        if after < policy.min_idle_vms {
+            continue;
+        }
+        idle_left = after;
+        out.push(Shutdown {
+            block: b.block.clone(),
+            reason: format!(
+                "no user jobs pending; block {} has {} VM(s), all idle; {after} idle VM(s) remain (pool minimum {})",
+                b.block, b.vms_ready, policy.min_idle_vms
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+
+    fn block(name: &str, ready: u32, busy: u32) -> BlockStatus {
+        BlockStatus {
+            block: name.into(),
+            vms_ready: ready,
+            vms_busy: busy,
+        }
+    }
+
+    #[test]
+    fn only_wholly_idle_blocks_when_nothing_waits() {
+        let p = Policy {
+            vms_per_node: 2,
+            max_nodes: 4,
+            min_idle_vms: 0,
+        };
+        let blocks = [block("b2", 2, 1), block("b1", 2, 0), block("b3", 0, 0)];
+        let idle = Observation::default();
+        let d = decide_shutdown(&p, &idle, &blocks, &[]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].block, "b1");
+        assert!(d[0].reason.contains("all idle"), "{}", d[0].reason);
+        // Waiting user jobs keep every VM.
+        let busy = Observation {
+            user_pending: 1,
+            ..Observation::default()
+        };
+        assert!(decide_shutdown(&p, &busy, &blocks, &[]).is_empty());
+        // A block with a shutdown job already is left alone.
+        assert!(decide_shutdown(&p, &idle, &blocks, &["b1".into()]).is_empty());
+    }
+
+    #[test]
+    fn the_idle_pool_is_kept() {
+        let p = Policy {
+            vms_per_node: 2,
+            max_nodes: 4,
+            min_idle_vms: 2,
+        };
+        let blocks = [block("a", 2, 0), block("b", 2, 0), block("c", 2, 0)];
+        let d = decide_shutdown(&p, &Observation::default(), &blocks, &[]);
+        let names: Vec<&str> = d.iter().map(|s| s.block.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+}
