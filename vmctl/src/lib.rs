@@ -25,7 +25,9 @@
 
 pub mod accel;
 pub mod agent;
+pub mod batch;
 pub mod console;
+pub mod integrator;
 pub mod launch_job;
 pub mod net;
 pub mod plan;

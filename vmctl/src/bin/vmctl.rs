@@ -50,6 +50,10 @@ enum Command {
     /// for the VMs or the wall time, then power everything down and print a
     /// summary.
     LaunchJob(Box<LaunchJobArgs>),
+    /// Submit, list and cancel jobs on Slurm, PBS or HTCondor.
+    Batch(vmctl::batch::cli::BatchCommand),
+    /// Keep VM-launch jobs on the cluster matched to the experiment's queue.
+    Integrate(vmctl::batch::cli::IntegrateCommand),
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +230,14 @@ fn absolute(flag: &str, path: &Option<PathBuf>) -> Result<Option<PathBuf>, Strin
 
 fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
     match cli.command {
+        Command::Batch(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(vmctl::batch::cli::run_batch(cmd))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Integrate(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(vmctl::batch::cli::run_integrate(cmd))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Plan {
             vm_cpus,
             vm_mem,
