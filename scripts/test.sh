@@ -30,7 +30,7 @@ fi
 cargo test --workspace --doc --locked
 
 say "examples"
-cargo build --release --locked --examples --bins
+cargo build --release --locked --workspace --examples --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/tour"
 "$bin/examples/classic_session"
