@@ -201,9 +201,15 @@ impl Shared {
                 let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
                 self.reply_inline(id, result, permit, replies);
             }
-            Reply::Future(work) => {
-                self.spawn_request(id, obj, what, timeout_ms, cancel, permit, work)
-            }
+            Reply::Future(work) => match first_poll(work) {
+                FirstPoll::Ready(result) => {
+                    let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
+                    self.reply_inline(id, result, permit, replies);
+                }
+                FirstPoll::Pending(work) => {
+                    self.spawn_request(id, obj, what, timeout_ms, cancel, permit, work)
+                }
+            },
             Reply::Blocking(work) => {
                 let work = async move {
                     match tokio::task::spawn_blocking(work).await {
@@ -342,6 +348,62 @@ impl Shared {
             }
             Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
         }
+    }
+}
+
+type Work = futures::future::BoxFuture<'static, Result<Value, RemoteError>>;
+
+enum FirstPoll {
+    Ready(Result<Value, RemoteError>),
+    Pending(Work),
+}
+
+/// Polls a handler's future once, here on the reader: most async handlers
+/// that need nothing from elsewhere finish at once and are answered inline,
+/// with no task. One that is pending moves to a task ([`Resume`]); whatever
+/// it registered during this poll wakes that task through the forwarder.
+fn first_poll(mut work: Work) -> FirstPoll {
+    let forward = Arc::new(Forward::default());
+    let waker = futures::task::waker(forward.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut cx))) {
+        Ok(std::task::Poll::Ready(result)) => FirstPoll::Ready(result),
+        Ok(std::task::Poll::Pending) => FirstPoll::Pending(Box::pin(Resume { forward, work })),
+        Err(panic) => FirstPoll::Ready(Err(panicked(&*panic))),
+    }
+}
+
+/// Relays wake-ups given to the waker of a handler's first poll to the task
+/// that now owns the handler.
+#[derive(Default)]
+struct Forward {
+    task: futures::task::AtomicWaker,
+}
+
+impl futures::task::ArcWake for Forward {
+    fn wake_by_ref(forward: &Arc<Self>) {
+        forward.task.wake();
+    }
+}
+
+/// A handler future that was polled once before it got a task. Every poll
+/// registers the task's waker with the forwarder first, then polls the
+/// handler, so no wake-up is lost: one that came before the first poll here
+/// is moot, since this poll runs the handler anyway.
+struct Resume {
+    forward: Arc<Forward>,
+    work: Work,
+}
+
+impl std::future::Future for Resume {
+    type Output = Result<Value, RemoteError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.forward.task.register(cx.waker());
+        self.work.as_mut().poll(cx)
     }
 }
 
