@@ -236,6 +236,15 @@ async fn measure(
         );
     }
 
+    if connect.is_none() {
+        let jobs = plan.callback_iters * 4;
+        eprintln!("pool: {jobs} tiny jobs on one node");
+        let per_job = rrpc::pool_overhead(target.addr, jobs).await?;
+        r.rrpc("pool_overhead", per_job, "us");
+    } else {
+        r.skip("pool_overhead", "needs the bench object");
+    }
+
     eprintln!("bulk: {} MiB", plan.bulk_bytes >> 20);
     let rate = raw::bulk(server.bulk, plan.bulk_bytes).await?;
     r.raw("bulk", rate, "MB/s");

@@ -277,6 +277,12 @@ const ROWS: &[Row] = &[
     ),
     row("async_callback p50", "async_callback_p50", NULL_P50, None),
     row(
+        "pool overhead / job",
+        "pool_overhead",
+        None,
+        Some(Target::AtMost(50.0)),
+    ),
+    row(
         "bulk_down",
         "bulk_down",
         RAW_BULK,

@@ -292,3 +292,33 @@ pub async fn idle_connections(addr: SocketAddr, count: usize) -> Result<Vec<Conn
     }
     Ok(conns)
 }
+
+/// The cluster pool's cost per job for tiny jobs on one node: `jobs` null
+/// calls pushed through a one-node pool, 8 in flight; µs of wall time per job.
+pub async fn pool_overhead(addr: SocketAddr, jobs: usize) -> Result<f64> {
+    use rrpc_client::pool::{Pool, PoolOptions};
+    let pool = Pool::connect_with(
+        [addr.to_string()],
+        PoolOptions::default().concurrency(8).progress(false),
+    )
+    .await?;
+    // Warm up the connection, allocators and caches.
+    pool.map("bench", "inc", (0..jobs.min(2_000) as i64).map(|i| (i,)))
+        .await?;
+    let started = Instant::now();
+    let results = pool
+        .map("bench", "inc", (0..jobs as i64).map(|i| (i,)))
+        .await?;
+    let per_job = started.elapsed().as_secs_f64() * 1e6 / jobs as f64;
+    anyhow::ensure!(
+        results.len() == jobs,
+        "the pool returned {} results for {jobs} jobs",
+        results.len()
+    );
+    anyhow::ensure!(
+        results.last().and_then(Value::as_i64) == Some(jobs as i64),
+        "a wrong result"
+    );
+    pool.close();
+    Ok(per_job)
+}
