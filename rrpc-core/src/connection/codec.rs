@@ -101,20 +101,34 @@ impl<'s> Encoder<'s> {
     }
 
     /// Encodes `msg` into a frame no larger than the peer accepts.
-    pub(super) fn finish(mut self, msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+    pub(super) fn finish(self, msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+        let mut frame = Vec::new();
+        self.finish_into(msg, &mut frame)?;
+        Ok(frame)
+    }
+
+    /// Appends `msg`, as one frame, to `out`; on failure `out` is left as it was.
+    pub(super) fn finish_into(mut self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
         if let Some(refused) = self.refused.take() {
             return Err(refused);
         }
-        let mut frame = Vec::new();
-        let size = wire::encode_into(msg, &mut frame).map_err(Error::Protocol)?;
+        let start = out.len();
+        let size = match wire::encode_into(msg, out) {
+            Ok(size) => size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(Error::Protocol(e));
+            }
+        };
         if size > self.shared.peer_max_frame {
+            out.truncate(start);
             return Err(Error::FrameTooLarge {
                 size,
                 limit: self.shared.peer_max_frame,
             });
         }
         self.exported.clear();
-        Ok(frame)
+        Ok(())
     }
 }
 
@@ -202,31 +216,40 @@ impl Shared {
         id: u64,
         result: &Result<Value, RemoteError>,
     ) -> Result<Vec<u8>, Error> {
+        let mut frame = Vec::new();
+        self.encode_reply_into(id, result, &mut frame)?;
+        Ok(frame)
+    }
+
+    /// Appends the reply frame to `out`; a result the peer cannot take (too
+    /// large, or too many new objects) becomes an error reply.
+    pub(super) fn encode_reply_into(
+        &self,
+        id: u64,
+        result: &Result<Value, RemoteError>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         let mut enc = Encoder::new(self);
         let wire_result = match result {
             Ok(v) => Ok(enc.value(v)),
             Err(e) => Err(WireError::from(e)),
         };
-        match enc.finish(&Message::Reply {
-            id,
-            result: wire_result,
-        }) {
-            Err(Error::Remote(refused)) => Encoder::new(self).finish(&Message::Reply {
+        let refusal = match enc.finish_into(&Message::Reply { id, result: wire_result }, out) {
+            Ok(()) => return Ok(()),
+            Err(Error::Remote(refused)) => refused,
+            Err(Error::FrameTooLarge { size, limit }) => RemoteError::new(
+                ErrorKind::Refused,
+                format!("the result ({size} bytes encoded) exceeds the caller's frame limit of {limit} bytes"),
+            ),
+            Err(other) => return Err(other),
+        };
+        Encoder::new(self).finish_into(
+            &Message::Reply {
                 id,
-                result: Err(WireError::from(&refused)),
-            }),
-            Err(Error::FrameTooLarge { size, limit }) => {
-                let err = RemoteError::new(
-                    ErrorKind::Refused,
-                    format!("the result ({size} bytes encoded) exceeds the caller's frame limit of {limit} bytes"),
-                );
-                Encoder::new(self).finish(&Message::Reply {
-                    id,
-                    result: Err(WireError::from(&err)),
-                })
-            }
-            other => other,
-        }
+                result: Err(WireError::from(&refusal)),
+            },
+            out,
+        )
     }
 
     /// Turns a received wire value into a value, resolving references.

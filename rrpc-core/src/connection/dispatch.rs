@@ -286,9 +286,9 @@ impl Shared {
         permit: OwnedSemaphorePermit,
         replies: &mut Vec<u8>,
     ) {
-        match self.encode_reply(id, &result) {
-            Ok(frame) => replies.extend_from_slice(&frame),
-            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
+        // Straight into the batch: no frame of its own, no copy.
+        if let Err(e) = self.encode_reply_into(id, &result, replies) {
+            tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}");
         }
         drop(permit);
     }
