@@ -79,15 +79,29 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// The default block name: `job-$SLURM_JOB_ID` in a Slurm job, else
-    /// `block-N` from the agent's block id.
+    /// The default block name: `job-ID` with the batch job's id
+    /// (`SLURM_JOB_ID`, `PBS_JOBID`, or `BATCH_JOB_ID` of the local backend),
+    /// else `block-N` from the agent's block id.
     pub fn default_block(block: u32) -> String {
-        match std::env::var("SLURM_JOB_ID") {
-            Ok(id) if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()) => {
-                format!("job-{id}")
+        for var in ["SLURM_JOB_ID", "PBS_JOBID", "BATCH_JOB_ID"] {
+            if let Ok(id) = std::env::var(var) {
+                let id: String = id
+                    .chars()
+                    .take(56)
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                if !id.is_empty() {
+                    return format!("job-{id}");
+                }
             }
-            _ => format!("block-{block}"),
         }
+        format!("block-{block}")
     }
 }
 
