@@ -229,6 +229,31 @@ async fn the_integrator_served_over_rrpc() {
         let status: Status = from_value(integrator.call("status", ()).await.unwrap()).unwrap();
         assert!(status.blocks.is_empty(), "{status:?}");
 
+        // A block whose agent is gone (its launch job was killed outright)
+        // is forgotten rather than shut down again every cycle.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        integrator
+            .call("register_vm", ("blk-gone", 0, "10.0.2.15"))
+            .await
+            .unwrap();
+        integrator
+            .call("register_agent", ("blk-gone", dead_addr.to_string()))
+            .await
+            .unwrap();
+        let outcome: ShutdownOutcome = from_value(
+            integrator
+                .call("shutdown_block", ("blk-gone", 1.0))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(!outcome.done, "{outcome:?}");
+        assert!(outcome.reason.contains("unreachable"), "{outcome:?}");
+        let status: Status = from_value(integrator.call("status", ()).await.unwrap()).unwrap();
+        assert!(status.blocks.is_empty(), "{status:?}");
+
         // The subscription ends with the connection.
         conn.close();
         tokio::time::timeout(Duration::from_secs(10), async {

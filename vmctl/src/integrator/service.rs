@@ -500,7 +500,16 @@ impl<E: Batch + 'static, C: Batch + 'static> IntegratorService<E, C> {
                     reason: format!("{n} VM(s) powered down through the agent at {agent}"),
                 }
             }
-            Err(e) => no(format!("the agent at {agent}: {e}")),
+            Err(PowerDownError::Unreachable(e)) => {
+                // Its agent is gone, so are its VMs (a launch job that was
+                // killed outright never unregisters): forget the block, or
+                // every cycle would submit another shutdown job for it.
+                self.registry.unregister(block);
+                no(format!(
+                    "the agent at {agent} is unreachable ({e}): the block is forgotten"
+                ))
+            }
+            Err(PowerDownError::Failed(e)) => no(format!("the agent at {agent}: {e}")),
         }
     }
 
@@ -584,12 +593,19 @@ impl<E: Batch + 'static, C: Batch + 'static> IntegratorService<E, C> {
     }
 }
 
+enum PowerDownError {
+    /// No connection to the agent.
+    Unreachable(String),
+    /// The agent answered with an error.
+    Failed(String),
+}
+
 /// Powers every VM of the agent at `addr` down; returns how many.
-async fn power_down(addr: &str, grace: Duration) -> Result<usize, String> {
+async fn power_down(addr: &str, grace: Duration) -> Result<usize, PowerDownError> {
     let conn = tokio::time::timeout(Duration::from_secs(10), rrpc_client::connect(addr))
         .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|_| PowerDownError::Unreachable("connecting timed out".to_owned()))?
+        .map_err(|e| PowerDownError::Unreachable(format!("cannot connect: {e}")))?;
     let result = async {
         let node = conn
             .root()
@@ -613,7 +629,7 @@ async fn power_down(addr: &str, grace: Duration) -> Result<usize, String> {
     }
     .await;
     conn.close();
-    result
+    result.map_err(PowerDownError::Failed)
 }
 
 /// `set_policy`'s argument: any of the fields.
@@ -746,5 +762,50 @@ impl<E: Batch + 'static, C: Batch + 'static> Remote for IntegratorService<E, C> 
                 "subscribe(callback: fn({kind, detail, report, vms}))",
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_jobs_count_against_the_blocks_in_name_order() {
+        let r = Registry::default();
+        for (block, n) in [("b", 2u32), ("a", 2)] {
+            for i in 0..n {
+                r.register_vm(block, i, "10.0.2.15".parse().unwrap())
+                    .unwrap();
+            }
+        }
+        let obs = |running| Observation {
+            user_running: running,
+            ..Observation::default()
+        };
+        let busy = |running| -> Vec<u32> {
+            futures::executor::block_on(r.blocks(&obs(running)))
+                .unwrap()
+                .iter()
+                .map(|b| b.vms_busy)
+                .collect()
+        };
+        assert_eq!(busy(0), [0, 0]);
+        assert_eq!(busy(3), [2, 1]);
+        assert_eq!(busy(9), [2, 2]);
+        let (_, counts) = r.views(3);
+        assert_eq!((counts.ready, counts.busy, counts.idle), (4, 3, 1));
+        assert!(r.unregister("a"));
+        assert!(!r.unregister("a"));
+    }
+
+    #[test]
+    fn bad_registrations_are_refused() {
+        let r = Registry::default();
+        let ip: IpAddr = "10.0.2.15".parse().unwrap();
+        assert!(r.register_vm("", 0, ip).is_err());
+        assert!(r.register_vm("a/b", 0, ip).is_err());
+        assert!(r.register_vm(&"x".repeat(65), 0, ip).is_err());
+        assert!(r.register_vm("ok-1.x_y", 0, ip).is_ok());
     }
 }
