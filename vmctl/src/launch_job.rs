@@ -64,6 +64,122 @@ pub struct JobConfig {
     pub agent: AgentConfig,
     /// What each VM boots (cpus and memory are set from the plan).
     pub vm: LaunchSpec,
+    /// Tell an integrator service about the agent and every VM that gets
+    /// ready (and that the block is gone at the end).
+    pub register: Option<Registration>,
+}
+
+/// Where and as what the job registers its VMs.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The integrator service's address.
+    pub integrator: String,
+    /// The block's name there (letters, digits, `.`, `_`, `-`).
+    pub block: String,
+}
+
+impl Registration {
+    /// The default block name: `job-ID` with the batch job's id
+    /// (`SLURM_JOB_ID`, `PBS_JOBID`, or `BATCH_JOB_ID` of the local backend),
+    /// else `block-N` from the agent's block id.
+    pub fn default_block(block: u32) -> String {
+        for var in ["SLURM_JOB_ID", "PBS_JOBID", "BATCH_JOB_ID"] {
+            if let Ok(id) = std::env::var(var) {
+                let id: String = id
+                    .chars()
+                    .take(56)
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                if !id.is_empty() {
+                    return format!("job-{id}");
+                }
+            }
+        }
+        format!("block-{block}")
+    }
+}
+
+/// Connects to the integrator and returns its `integrator` object.
+async fn integrator_proxy(
+    addr: &str,
+) -> Result<(rrpc_client::Connection, rrpc_core::Proxy), String> {
+    let conn = tokio::time::timeout(Duration::from_secs(10), rrpc_client::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to the integrator at {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to the integrator at {addr}: {e}"))?;
+    let proxy = conn
+        .root()
+        .get("integrator")
+        .await
+        .map_err(|e| format!("the integrator at {addr}: {e}"))?
+        .into_proxy()
+        .map_err(|e| format!("the integrator at {addr}: `integrator` is no object: {e}"))?;
+    Ok((conn, proxy))
+}
+
+/// Registers the agent, then every VM as it gets ready. Failures are
+/// logged: the VMs run on without the integrator.
+async fn register(reg: Registration, agent: SocketAddr, entries: Vec<Arc<VmEntry>>) {
+    let result = async {
+        let (conn, integrator) = integrator_proxy(&reg.integrator).await?;
+        integrator
+            .call("register_agent", (reg.block.clone(), agent.to_string()))
+            .await
+            .map_err(|e| format!("register_agent: {e}"))?;
+        let ready = entries.iter().map(|e| async move {
+            let mut states = e.vm().subscribe();
+            let ok = states
+                .wait_for(|s| *s == crate::vm::VmState::Ready || s.is_final())
+                .await
+                .is_ok_and(|s| *s == crate::vm::VmState::Ready);
+            (ok, e.info())
+        });
+        for (ok, info) in futures::future::join_all(ready).await {
+            if !ok {
+                continue;
+            }
+            integrator
+                .call(
+                    "register_vm",
+                    (reg.block.clone(), info.index, info.ip.clone()),
+                )
+                .await
+                .map_err(|e| format!("register_vm {}: {e}", info.name))?;
+            tracing::info!(vm = %info.name, block = %reg.block, "registered with the integrator");
+        }
+        // Keep the connection: the integrator sees the agent as long as it lives.
+        Ok::<_, String>(conn)
+    }
+    .await;
+    match result {
+        Ok(conn) => {
+            conn.closed().await;
+        }
+        Err(e) => tracing::warn!("registration with the integrator failed: {e}"),
+    }
+}
+
+/// Tells the integrator the block is gone.
+async fn unregister(reg: &Registration) {
+    let result = async {
+        let (conn, integrator) = integrator_proxy(&reg.integrator).await?;
+        let r = integrator
+            .call("unregister_block", (reg.block.clone(),))
+            .await
+            .map_err(|e| format!("unregister_block: {e}"));
+        conn.close();
+        r
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("telling the integrator the block is gone failed: {e}");
+    }
 }
 
 /// Why the job stopped waiting.
@@ -254,6 +370,9 @@ pub async fn run(
 
     // Every VM is in the agent's list by now.
     on_listening(addr);
+    let registering = config.register.clone().map(|reg| {
+        crate::task::AbortOnDrop::new(tokio::spawn(register(reg, addr, entries.clone())))
+    });
 
     let all_stopped = async {
         for e in &entries {
@@ -276,6 +395,10 @@ pub async fn run(
         .power_down_all(&serve::policy_within(config.grace))
         .await;
     server.stop().await;
+    drop(registering);
+    if let Some(reg) = &config.register {
+        unregister(reg).await;
+    }
 
     let vms = entries
         .iter()

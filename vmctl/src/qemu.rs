@@ -457,7 +457,9 @@ impl VmSpec {
     /// The command that starts this VM: stdin from `/dev/null`, stdout piped
     /// when the console is piped, stderr piped (QEMU's own messages), in its
     /// own process group (a Ctrl-C at the owner's terminal does not reach
-    /// it), and killed when the child handle is dropped.
+    /// it), with SIGTERM, SIGINT and SIGHUP blocked (see
+    /// [`shield_from_job_signals`]), and killed when the child handle is
+    /// dropped.
     pub fn command(&self, accel: Accel) -> Result<tokio::process::Command, QemuError> {
         let argv = self.argv(accel)?;
         let mut cmd = tokio::process::Command::new(&self.qemu);
@@ -470,6 +472,7 @@ impl VmSpec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        shield_from_job_signals(&mut cmd);
         Ok(cmd)
     }
 
@@ -479,6 +482,29 @@ impl VmSpec {
             Serial::File(p) | Serial::PipeAndLog(p) => Some(p),
             Serial::None | Serial::Pipe => None,
         }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the child. A batch system cancels a
+/// job (`scancel`, pre-emption) by sending SIGTERM to every process of the
+/// job, QEMU included, and QEMU quits at once on SIGTERM: the guest would
+/// lose its graceful power-down. With these signals blocked (QEMU keeps the
+/// inherited mask) only vmctl sees them, and it powers the VMs down through
+/// QMP within the batch system's kill wait; SIGKILL still ends QEMU.
+#[allow(unsafe_code)]
+fn shield_from_job_signals(cmd: &mut tokio::process::Command) {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // calls sigprocmask, which is async-signal-safe, on a set built before
+    // the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{
     Backend, Batch, CommandRunner, CondorBackend, CondorConfig, JobId, JobQuery, JobSpec,
-    PbsBackend, PbsConfig, Prefix, SlurmBackend, SlurmConfig, SqueueFormat, StageDir,
+    LocalBackend, LocalConfig, PbsBackend, PbsConfig, Prefix, SlurmBackend, SlurmConfig,
+    SqueueFormat, StageDir,
 };
 use crate::integrator::{Integrator, IntegratorConfig, Policy};
 
@@ -24,6 +25,10 @@ pub enum Kind {
     Pbs,
     /// condor_submit/condor_q/condor_rm.
     Condor,
+    /// The embedded in-process queue: jobs run as children of this process
+    /// (for `vmctl integrator` with no batch system; the queue lives as long
+    /// as the process).
+    Local,
 }
 
 /// How to reach one batch system.
@@ -45,7 +50,7 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     /// Builds the backend.
-    pub fn build(&self) -> Backend {
+    pub fn build(&self) -> Result<Backend, super::BatchError> {
         let runner = CommandRunner::new()
             .prefix(Prefix::parse(&self.prefix))
             .timeout(Duration::from_secs(self.timeout));
@@ -57,7 +62,7 @@ impl BackendArgs {
             Some(None) => StageDir::here(self.stage_dir.clone().unwrap_or_default()),
             None => StageDir::default_for(kind),
         };
-        match self.backend {
+        Ok(match self.backend {
             Kind::Slurm => Backend::Slurm(SlurmBackend::new(SlurmConfig {
                 runner,
                 format: SqueueFormat::Auto,
@@ -71,7 +76,8 @@ impl BackendArgs {
                 stage: stage("condor"),
                 ..CondorConfig::default()
             })),
-        }
+            Kind::Local => Backend::Local(LocalBackend::new(LocalConfig::default())?),
+        })
     }
 }
 
@@ -197,7 +203,14 @@ impl SubmitArgs {
 
 /// Runs `vmctl batch …`.
 pub async fn run_batch(cmd: BatchCommand) -> CliResult {
-    let backend = cmd.backend.build();
+    if cmd.backend.backend == Kind::Local {
+        return Err(
+            "`vmctl batch` needs a batch system: the local queue lives only inside a \
+                    process (use `vmctl integrator --backend local`)"
+                .into(),
+        );
+    }
+    let backend = cmd.backend.build()?;
     match cmd.action {
         BatchAction::Submit(args) => {
             let id = backend.submit(&args.spec()?).await?;
@@ -249,10 +262,9 @@ pub async fn run_batch(cmd: BatchCommand) -> CliResult {
     Ok(())
 }
 
-/// `vmctl integrate`: keep VM-launch jobs on the cluster matched to the
-/// experiment's queue.
+/// What both `vmctl integrate` and `vmctl integrator` take.
 #[derive(Debug, Args)]
-pub struct IntegrateCommand {
+pub struct IntegratorArgs {
     /// The experiment's batch system.
     #[command(flatten)]
     exp: BackendArgs,
@@ -281,85 +293,223 @@ pub struct IntegrateCommand {
     #[arg(long, default_value_t = 3600)]
     launch_time: u64,
     /// Seconds between cycles (jittered).
-    #[arg(long, default_value_t = 60)]
-    period: u64,
+    #[arg(long, default_value_t = 60.0)]
+    period: f64,
     /// Jitter fraction of the period (at most 0.5).
     #[arg(long, default_value_t = 0.2)]
     jitter: f64,
     /// Print decisions, submit nothing.
     #[arg(long)]
     dry_run: bool,
-    /// One cycle, then exit.
-    #[arg(long)]
-    once: bool,
     /// The VM-launch job's command.
     #[arg(last = true, required = true)]
     launch_command: Vec<String>,
 }
 
+impl IntegratorArgs {
+    /// The two backends and the configuration.
+    pub fn build(
+        &self,
+    ) -> Result<(Backend, Backend, IntegratorConfig), Box<dyn std::error::Error>> {
+        let exp = self.exp.build()?;
+        let cluster = BackendArgs {
+            backend: self.cluster_backend,
+            prefix: self.cluster_prefix.clone(),
+            ..self.exp.clone()
+        }
+        .build()?;
+        let mut launch = JobSpec::command(
+            crate::integrator::LAUNCH_PREFIX,
+            self.launch_command.clone(),
+        )
+        .nodes(1)
+        .wall_time(Duration::from_secs(self.launch_time));
+        launch.queue = self.cluster_queue.clone();
+        let mut config = IntegratorConfig::new(
+            launch,
+            Policy {
+                vms_per_node: self.vms_per_node,
+                max_nodes: self.max_nodes,
+                min_idle_vms: self.min_idle,
+            },
+        );
+        config.exp_queue = self.exp_queue.clone();
+        config.period = Duration::try_from_secs_f64(self.period.max(0.1))
+            .map_err(|e| format!("bad --period {}: {e}", self.period))?;
+        config.jitter = self.jitter;
+        config.dry_run = self.dry_run;
+        Ok((exp, cluster, config))
+    }
+}
+
+/// `vmctl integrate`: keep VM-launch jobs on the cluster matched to the
+/// experiment's queue.
+#[derive(Debug, Args)]
+pub struct IntegrateCommand {
+    #[command(flatten)]
+    args: IntegratorArgs,
+    /// One cycle, then exit.
+    #[arg(long)]
+    once: bool,
+}
+
 /// Runs `vmctl integrate …` until SIGINT/SIGTERM (or one cycle with `--once`).
 pub async fn run_integrate(cmd: IntegrateCommand) -> CliResult {
-    let exp = cmd.exp.build();
-    let cluster = BackendArgs {
-        backend: cmd.cluster_backend,
-        prefix: cmd.cluster_prefix.clone(),
-        ..cmd.exp.clone()
-    }
-    .build();
-    let mut launch = JobSpec::command(crate::integrator::LAUNCH_PREFIX, cmd.launch_command.clone())
-        .nodes(1)
-        .wall_time(Duration::from_secs(cmd.launch_time));
-    launch.queue = cmd.cluster_queue.clone();
-    let mut config = IntegratorConfig::new(
-        launch,
-        Policy {
-            vms_per_node: cmd.vms_per_node,
-            max_nodes: cmd.max_nodes,
-            min_idle_vms: cmd.min_idle,
-        },
-    );
-    config.exp_queue = cmd.exp_queue;
-    config.period = Duration::from_secs(cmd.period.max(1));
-    config.jitter = cmd.jitter;
-    config.dry_run = cmd.dry_run;
+    let (exp, cluster, config) = cmd.args.build()?;
     let integrator = Integrator::new(exp, cluster, config)?;
-    let print = |r: &crate::integrator::CycleReport| {
-        let tag = if r.dry_run { "dry-run: " } else { "" };
-        println!(
-            "{tag}submit {} VM-launch job(s): {}{}",
-            r.decision.count(),
-            r.decision.reason(),
-            if r.submitted.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " -> {}",
-                    r.submitted
-                        .iter()
-                        .map(|i| i.0.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        );
-    };
+    let print = |r: &crate::integrator::CycleReport| println!("{}", render_cycle(r));
     if cmd.once {
         print(&integrator.cycle().await?);
         return Ok(());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+    let _signals = crate::task::AbortOnDrop::new(tokio::spawn(async move {
+        crate::agent::serve::shutdown_signal().await;
         let _ = stop_tx.send(true);
-    });
+    }));
     integrator.run(stop_rx, print).await;
+    Ok(())
+}
+
+/// One cycle's report on one line.
+pub fn render_cycle(r: &crate::integrator::CycleReport) -> String {
+    let tag = if r.dry_run { "dry-run: " } else { "" };
+    let mut line = format!(
+        "{tag}submit {} VM-launch job(s): {}",
+        r.decision.count(),
+        r.decision.reason()
+    );
+    if !r.submitted.is_empty() {
+        let ids: Vec<&str> = r.submitted.iter().map(|i| i.0.as_str()).collect();
+        line.push_str(&format!(" -> {}", ids.join(", ")));
+    }
+    for s in &r.shutdowns {
+        line.push_str(&format!("; shut block {} down: {}", s.block, s.reason));
+    }
+    line
+}
+
+/// `vmctl integrator`: the integrator as an rrpc service.
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    args: IntegratorArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on; 0 picks a free one (printed in the ready line).
+    #[arg(long, default_value_t = 18814)]
+    port: u16,
+    /// Do not shut idle VM blocks down.
+    #[arg(long)]
+    no_shutdown: bool,
+    /// Seconds a VM block gets to power off when shut down.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace: f64,
+    /// Run cycles only when asked (`run_cycle`), not periodically.
+    #[arg(long)]
+    manual: bool,
+}
+
+/// Runs `vmctl integrator …` until SIGINT/SIGTERM: serves the `integrator`
+/// object, prints the ready line, and cycles every jittered period.
+pub async fn run_serve(cmd: ServeCommand) -> CliResult {
+    use crate::integrator::service::{IntegratorService, READY_LINE};
+    if !cmd.host.is_loopback() {
+        eprintln!(
+            "vmctl: WARNING: serving the integrator on {} without authentication: anyone who \
+             can reach it can register VMs and shut blocks down",
+            cmd.host
+        );
+    }
+    let grace = Duration::try_from_secs_f64(cmd.shutdown_grace)
+        .map_err(|e| format!("bad --shutdown-grace {}: {e}", cmd.shutdown_grace))?;
+    let (exp, cluster, mut config) = cmd.args.build()?;
+    let listen = std::net::SocketAddr::new(cmd.host, cmd.port);
+    let period = config.period;
+    let jitter = config.jitter;
+    let exp_queue = config.exp_queue.clone();
+    config.shutdown_job = None;
+    let service = IntegratorService::new(Integrator::new(exp, cluster, config)?);
+    let listening = rrpc_server::Server::new(service.root())
+        .with_shutdown_grace(Duration::from_secs(5))
+        .bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listening.local_addr();
+    if !cmd.no_shutdown {
+        // The shutdown job calls this service back, so it is set once bound.
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the vmctl binary for the shutdown job: {e}"))?;
+        let mut job = JobSpec::command(
+            "vmctl-shutdown",
+            [
+                exe.to_string_lossy().into_owned(),
+                "shutdown-block".into(),
+                "--integrator".into(),
+                addr.to_string(),
+                "--grace".into(),
+                grace.as_secs_f64().to_string(),
+                "{block}".into(),
+            ],
+        )
+        .wall_time(grace + Duration::from_secs(120));
+        job.queue = exp_queue;
+        service.set_shutdown_job(Some(job)).await?;
+    }
+    let signal = crate::agent::serve::shutdown_signal();
+    let server = listening.spawn();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY_LINE} {addr}")?;
+        out.flush()?;
+    }
+    if !cmd.manual {
+        service.start_loop(period, jitter);
+    }
+    let got = signal.await;
+    tracing::info!("{got}: stopping the integrator");
+    service.stop_loop();
+    server.stop().await;
+    Ok(())
+}
+
+/// `vmctl shutdown-block`: what a shutdown job runs.
+#[derive(Debug, Args)]
+pub struct ShutdownBlockCommand {
+    /// The integrator service's address.
+    #[arg(long)]
+    integrator: String,
+    /// Seconds the VMs get to power off.
+    #[arg(long, default_value_t = 30.0)]
+    grace: f64,
+    /// The block to shut down.
+    block: String,
+}
+
+/// Runs `vmctl shutdown-block`: asks the integrator to power the block down
+/// (it drops the request if a user job got there first; that is no error).
+pub async fn run_shutdown_block(cmd: ShutdownBlockCommand) -> CliResult {
+    let conn = rrpc_client::connect(cmd.integrator.as_str())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to the integrator at {}: {e}",
+                cmd.integrator
+            )
+        })?;
+    let integrator = conn.root().get("integrator").await?.into_proxy()?;
+    let outcome = integrator
+        .call("shutdown_block", (cmd.block.clone(), cmd.grace))
+        .timeout(Duration::from_secs_f64(cmd.grace.max(0.0) + 360.0))
+        .await?;
+    let outcome: crate::integrator::service::ShutdownOutcome = rrpc_core::from_value(outcome)?;
+    println!(
+        "block {}: {}: {}",
+        outcome.block,
+        if outcome.done { "shut down" } else { "kept" },
+        outcome.reason
+    );
+    conn.close();
     Ok(())
 }

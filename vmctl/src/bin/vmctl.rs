@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vmctl::agent::{serve, AgentConfig, LaunchSpec, NodeAgent};
-use vmctl::launch_job::{self, JobConfig};
+use vmctl::launch_job::{self, JobConfig, Registration};
 use vmctl::plan::{NodeResources, PlanRequest, VmSize};
 
 /// Run KVM/QEMU virtual machines as batch jobs.
@@ -54,6 +54,13 @@ enum Command {
     Batch(vmctl::batch::cli::BatchCommand),
     /// Keep VM-launch jobs on the cluster matched to the experiment's queue.
     Integrate(vmctl::batch::cli::IntegrateCommand),
+    /// Serve the integrator over rrpc (the `integrator` object) until SIGINT
+    /// or SIGTERM: status, cycles on demand, policy changes, VM
+    /// registrations, subscriptions.
+    Integrator(Box<vmctl::batch::cli::ServeCommand>),
+    /// What a shutdown job runs: ask the integrator to power a VM block
+    /// down (dropped if a user job got there first).
+    ShutdownBlock(vmctl::batch::cli::ShutdownBlockCommand),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +187,14 @@ struct LaunchJobArgs {
     /// guest's GUEST-READY line with --guest-dir, else QMP answering).
     #[arg(long, value_name = "REGEX")]
     ready_pattern: Option<String>,
+    /// Register the agent and every ready VM with the integrator service
+    /// at ADDR (`vmctl integrator`), and unregister the block at the end.
+    #[arg(long, value_name = "ADDR")]
+    register: Option<String>,
+    /// The block's name at the integrator (default: job-$SLURM_JOB_ID, or
+    /// block-N).
+    #[arg(long, requires = "register")]
+    register_as: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -236,6 +251,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         }
         Command::Integrate(cmd) => {
             tokio::runtime::Runtime::new()?.block_on(vmctl::batch::cli::run_integrate(cmd))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Integrator(cmd) => {
+            runtime()?.block_on(vmctl::batch::cli::run_serve(*cmd))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::ShutdownBlock(cmd) => {
+            runtime()?.block_on(vmctl::batch::cli::run_shutdown_block(cmd))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Plan {
@@ -315,6 +338,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
                 server: args.agent.server_config()?,
                 agent: args.agent.config()?,
                 vm,
+                register: args.register.clone().map(|integrator| Registration {
+                    integrator,
+                    block: args
+                        .register_as
+                        .clone()
+                        .unwrap_or_else(|| Registration::default_block(args.agent.block)),
+                }),
             };
             args.agent.warn_if_open(&config.server);
             runtime()?.block_on(async move {

@@ -30,10 +30,11 @@
 
 pub mod jitter;
 pub mod policy;
+pub mod service;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use std::future::Future;
@@ -52,8 +53,13 @@ pub const SHUTDOWN_PREFIX: &str = "vmctl-shutdown-";
 /// Where the integrator learns the VM blocks and how busy they are (the
 /// VMs' registrations).
 pub trait Fleet: Send + Sync {
-    /// Every block with its ready and busy VMs.
-    fn blocks(&self) -> impl Future<Output = Result<Vec<BlockStatus>, BatchError>> + Send;
+    /// Every block with its ready and busy VMs; `observation` is what this
+    /// cycle counted in the batch systems (for fleets that only know which
+    /// VMs are up, not which run a job).
+    fn blocks(
+        &self,
+        observation: &Observation,
+    ) -> impl Future<Output = Result<Vec<BlockStatus>, BatchError>> + Send;
 }
 
 /// No registrations known: no shutdown decisions.
@@ -61,14 +67,14 @@ pub trait Fleet: Send + Sync {
 pub struct NoFleet;
 
 impl Fleet for NoFleet {
-    async fn blocks(&self) -> Result<Vec<BlockStatus>, BatchError> {
+    async fn blocks(&self, _: &Observation) -> Result<Vec<BlockStatus>, BatchError> {
         Ok(Vec::new())
     }
 }
 
 /// A fixed list of blocks (demos and tests).
 impl Fleet for Vec<BlockStatus> {
-    async fn blocks(&self) -> Result<Vec<BlockStatus>, BatchError> {
+    async fn blocks(&self, _: &Observation) -> Result<Vec<BlockStatus>, BatchError> {
         Ok(self.clone())
     }
 }
@@ -122,7 +128,7 @@ impl IntegratorConfig {
 }
 
 /// What one cycle saw, decided and did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CycleReport {
     /// The counts.
     pub observation: Observation,
@@ -218,6 +224,31 @@ impl<E: Batch, C: Batch, F: Fleet> Integrator<E, C, F> {
         &self.config
     }
 
+    /// The fleet.
+    pub fn fleet(&self) -> &F {
+        &self.fleet
+    }
+
+    /// Sets (or clears) the job that shuts a VM block down.
+    pub fn set_shutdown_job(&mut self, job: Option<JobSpec>) -> Result<(), BatchError> {
+        if let Some(job) = &job {
+            shutdown_spec(job, &self.config.shutdown_prefix, "block")?;
+        }
+        self.config.shutdown_job = job;
+        Ok(())
+    }
+
+    /// Changes the policy from the next cycle on.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), BatchError> {
+        if policy.vms_per_node == 0 {
+            return Err(BatchError::InvalidSpec(
+                "vms_per_node must be at least 1".into(),
+            ));
+        }
+        self.config.policy = policy;
+        Ok(())
+    }
+
     /// Counts, from scratch, what the batch systems show now.
     pub async fn observe(&self) -> Result<Observation, BatchError> {
         let mut user = JobQuery::active();
@@ -274,7 +305,7 @@ impl<E: Batch, C: Batch, F: Fleet> Integrator<E, C, F> {
         let mut shutdown_jobs = Vec::new();
         if let Some(template) = &self.config.shutdown_job {
             let prefix = &self.config.shutdown_prefix;
-            let blocks = self.fleet.blocks().await?;
+            let blocks = self.fleet.blocks(&observation).await?;
             let mut query = JobQuery::active().with_name_prefix(prefix);
             query.queue = self.config.exp_queue.clone();
             let shutting_down: Vec<String> = self

@@ -81,6 +81,12 @@ pub struct SlurmCluster {
 
 impl SlurmCluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra settings of
+    /// `scripts/slurm-local.sh` (`SLURM_KILL_WAIT`, …).
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         for cmd in [
             "sbatch",
             "squeue",
@@ -108,6 +114,7 @@ impl SlurmCluster {
             .env("SLURM_CTLD_PORT", free_port().to_string())
             .env("SLURM_D_PORT", free_port().to_string())
             .env("SLURM_OWNER_PID", std::process::id().to_string())
+            .envs(settings.iter().copied())
             .output()
             .expect("run scripts/slurm-local.sh");
         assert!(
