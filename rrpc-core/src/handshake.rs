@@ -355,48 +355,68 @@ mod tests {
 
     #[tokio::test]
     async fn matching_secrets_authenticate_both_ways() {
-        let (c, s) = pair(with_secret("hunter2"), with_secret("hunter2")).await;
-        assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (c, s) = pair(with_secret("hunter2"), with_secret("hunter2")).await;
+            assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[tokio::test]
     async fn different_secrets_fail_on_both_sides() {
-        let (c, s) = pair(with_secret("right"), with_secret("wrong")).await;
-        assert!(matches!(c, Err(Error::AuthFailed(_))), "{c:?}");
-        assert!(matches!(s, Err(Error::AuthFailed(_))), "{s:?}");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (c, s) = pair(with_secret("right"), with_secret("wrong")).await;
+            assert!(matches!(c, Err(Error::AuthFailed(_))), "{c:?}");
+            assert!(matches!(s, Err(Error::AuthFailed(_))), "{s:?}");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[tokio::test]
     async fn a_missing_secret_on_either_side_fails_clearly() {
-        let (c, s) = pair(Config::default(), with_secret("x")).await;
-        assert!(c
-            .unwrap_err()
-            .to_string()
-            .contains("requires a shared secret"));
-        assert!(matches!(s, Err(Error::AuthFailed(_))));
-        let (c, _) = pair(with_secret("x"), Config::default()).await;
-        assert!(c.unwrap_err().to_string().contains("does not authenticate"));
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (c, s) = pair(Config::default(), with_secret("x")).await;
+            assert!(c
+                .unwrap_err()
+                .to_string()
+                .contains("requires a shared secret"));
+            assert!(matches!(s, Err(Error::AuthFailed(_))));
+            let (c, _) = pair(with_secret("x"), Config::default()).await;
+            assert!(c.unwrap_err().to_string().contains("does not authenticate"));
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[tokio::test]
     async fn a_refused_client_gets_the_reason() {
-        let (a, b) = tokio::io::duplex(4096);
-        let (mut ar, mut aw) = tokio::io::split(a);
-        let (_br, mut bw) = tokio::io::split(b);
-        let config = Config::default();
-        let (c, s) = tokio::join!(
-            handshake(&mut ar, &mut aw, &config, Role::Client),
-            refuse(
-                &mut bw,
-                &config,
-                "too many connections from 127.0.0.1 (limit 4)"
-            ),
-        );
-        s.unwrap();
-        match c {
-            Err(Error::Refused(reason)) => assert!(reason.contains("limit 4"), "{reason}"),
-            other => panic!("{other:?}"),
-        }
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (a, b) = tokio::io::duplex(4096);
+            let (mut ar, mut aw) = tokio::io::split(a);
+            let (_br, mut bw) = tokio::io::split(b);
+            let config = Config::default();
+            let (c, s) = tokio::join!(
+                handshake(&mut ar, &mut aw, &config, Role::Client),
+                refuse(
+                    &mut bw,
+                    &config,
+                    "too many connections from 127.0.0.1 (limit 4)"
+                ),
+            );
+            s.unwrap();
+            match c {
+                Err(Error::Refused(reason)) => assert!(reason.contains("limit 4"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[test]

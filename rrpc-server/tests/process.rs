@@ -113,29 +113,34 @@ async fn sigterm_lets_in_flight_calls_finish_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn help_describes_the_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--host",
-        "--port",
-        "--max-frame",
-        "--shutdown-grace",
-        "--secret-file",
-        "--allow-unauthenticated",
-        "--max-connections",
-        "--tls-cert",
-        "--generate-certs",
-        "--expose",
-        "--read-only",
-        "--fs-root",
-    ] {
-        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
-    }
+    // A hang fails the test instead of blocking the run.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let out = Command::new(env!("CARGO_BIN_EXE_rrpc-server"))
+            .arg("--help")
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for flag in [
+            "--host",
+            "--port",
+            "--max-frame",
+            "--shutdown-grace",
+            "--secret-file",
+            "--allow-unauthenticated",
+            "--max-connections",
+            "--tls-cert",
+            "--generate-certs",
+            "--expose",
+            "--read-only",
+            "--fs-root",
+        ] {
+            assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+        }
+    })
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test]

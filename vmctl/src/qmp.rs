@@ -648,13 +648,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_greeting_is_a_protocol_error() {
-        let (client, server) = UnixStream::pair().unwrap();
-        let (_r, mut w) = server.into_split();
-        w.write_all(b"{\"hello\": 1}\n").await.unwrap();
-        let e = Qmp::handshake(client, "/fake.qmp".into())
-            .await
-            .unwrap_err();
-        assert!(matches!(e, QmpError::Protocol { .. }), "{e}");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (client, server) = UnixStream::pair().unwrap();
+            let (_r, mut w) = server.into_split();
+            w.write_all(b"{\"hello\": 1}\n").await.unwrap();
+            let e = Qmp::handshake(client, "/fake.qmp".into())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, QmpError::Protocol { .. }), "{e}");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[test]

@@ -373,31 +373,41 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_captured_and_bounded() {
-        let r = CommandRunner::new().max_output(10);
-        let out = r
-            .run(
-                "sh",
-                &args(&["-c", "echo 0123456789abcdef; echo err >&2"]),
-                None,
-            )
-            .await
-            .unwrap();
-        assert_eq!(out.stdout, "0123456789");
-        assert!(out.truncated);
-        assert_eq!(out.stderr, "err\n");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let r = CommandRunner::new().max_output(10);
+            let out = r
+                .run(
+                    "sh",
+                    &args(&["-c", "echo 0123456789abcdef; echo err >&2"]),
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(out.stdout, "0123456789");
+            assert!(out.truncated);
+            assert_eq!(out.stderr, "err\n");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[tokio::test]
     async fn a_failure_names_the_command_and_its_output() {
-        let r = CommandRunner::new();
-        let e = r
-            .run("sh", &args(&["-c", "echo broken >&2; exit 3"]), None)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("sh -c"), "{e}");
-        assert!(e.contains("broken"), "{e}");
-        assert!(e.contains("exit status: 3"), "{e}");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let r = CommandRunner::new();
+            let e = r
+                .run("sh", &args(&["-c", "echo broken >&2; exit 3"]), None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sh -c"), "{e}");
+            assert!(e.contains("broken"), "{e}");
+            assert!(e.contains("exit status: 3"), "{e}");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[tokio::test]
@@ -416,11 +426,16 @@ mod tests {
 
     #[tokio::test]
     async fn stdin_reaches_the_command() {
-        let out = CommandRunner::new()
-            .run("cat", &[], Some(b"hello"))
-            .await
-            .unwrap();
-        assert_eq!(out.stdout, "hello");
+        // A hang fails the test instead of blocking the run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let out = CommandRunner::new()
+                .run("cat", &[], Some(b"hello"))
+                .await
+                .unwrap();
+            assert_eq!(out.stdout, "hello");
+        })
+        .await
+        .expect("test timed out");
     }
 
     #[test]
