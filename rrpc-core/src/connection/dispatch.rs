@@ -320,10 +320,6 @@ impl Shared {
                     _ = cancel.cancelled() => None,
                     _ = shared.closed.cancelled() => None,
                 };
-                shared.running.remove(&id);
-                if shared.running.is_empty() {
-                    shared.drained.notify_waiters();
-                }
                 match outcome {
                     Some(result) => {
                         let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
@@ -333,6 +329,13 @@ impl Shared {
                         shared.send_reply(id, result).await;
                     }
                     None => tracing::debug!("request cancelled"),
+                }
+                // Only once the reply is queued does the request stop
+                // counting as running: a drain then closes after it, and the
+                // reply goes out before the goodbye.
+                shared.running.remove(&id);
+                if shared.running.is_empty() {
+                    shared.drained.notify_waiters();
                 }
                 drop(permit);
             }

@@ -44,6 +44,11 @@ where
         'reading: loop {
             let next = tokio::select! {
                 _ = shared.closed.cancelled() => break,
+                _ = shared.close_requested.notified() => {
+                    // A drained connection closes here, after the last burst.
+                    shared.shutdown(super::SHUTTING_DOWN, Error::Closed);
+                    break;
+                }
                 next = frames.next() => next,
             };
             if !shared.on_frame(next, limits, &mut replies) {

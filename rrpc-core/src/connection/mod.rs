@@ -38,6 +38,9 @@ use crate::wire::Message;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What a draining side tells its peer when it closes.
+pub(crate) const SHUTTING_DOWN: &str = "the server is shutting down";
+
 /// Releases waiting for the writer beyond which the peer is deemed not to
 /// read (each entry is 16 bytes: this bounds the backlog to 16 MiB).
 const MAX_RELEASE_BACKLOG: usize = 1 << 20;
@@ -117,6 +120,8 @@ pub(crate) struct Shared {
     last_activity: AtomicU64,
     /// Notified when the last running request ends (for draining).
     drained: Notify,
+    /// Asks the reader to close the connection between two bursts.
+    close_requested: Notify,
 }
 
 /// Counters of one connection, for tests, monitoring and leak hunting.
@@ -179,6 +184,7 @@ impl Connection {
             last_seen: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             drained: Notify::new(),
+            close_requested: Notify::new(),
             config,
         });
         let owner = Arc::new(Owner {
@@ -263,8 +269,15 @@ impl Connection {
                 _ = &mut deadline => break,
             }
         }
-        self.shared
-            .shutdown("the server is shutting down", Error::Closed);
+        // The reader closes between two bursts of frames, after it queued
+        // the replies it answered inline: they go out before the goodbye. A
+        // reader stuck on a full queue gets a second, then we close anyway.
+        self.shared.close_requested.notify_one();
+        tokio::select! {
+            _ = self.shared.closed.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        self.shared.shutdown(SHUTTING_DOWN, Error::Closed);
     }
 
     /// Whether the connection is closed.
