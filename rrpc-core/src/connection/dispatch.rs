@@ -103,7 +103,7 @@ impl Shared {
             }
             Message::Ping => {
                 // At most one answer is owed, however many pings arrived.
-                self.control.lock().unwrap_or_else(|p| p.into_inner()).pongs = 1;
+                self.control.lock().unwrap_or_else(|p| p.into_inner()).pong = true;
                 self.wake_writer.notify_one();
             }
             Message::Pong => {} // its arrival already counted as a sign of life

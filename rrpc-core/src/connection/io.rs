@@ -218,12 +218,12 @@ async fn write_or_close<W: AsyncWrite + Unpin>(
 impl Shared {
     /// Appends queued cancels and releases to `buf` as messages.
     fn drain_control(&self, buf: &mut Vec<u8>) {
-        let (cancels, releases, pongs, ping) = {
+        let (cancels, releases, pong, ping) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             (
                 std::mem::take(&mut control.cancels),
                 std::mem::take(&mut control.releases),
-                std::mem::take(&mut control.pongs),
+                std::mem::take(&mut control.pong),
                 std::mem::take(&mut control.ping),
             )
         };
@@ -231,7 +231,7 @@ impl Shared {
             // These messages are tiny and well-formed: encoding cannot fail.
             let _ = wire::encode_into(&Message::Cancel { id }, buf);
         }
-        for _ in 0..pongs {
+        if pong {
             let _ = wire::encode_into(&Message::Pong, buf);
         }
         if ping {

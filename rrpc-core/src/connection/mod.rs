@@ -82,8 +82,8 @@ impl Drop for Owner {
 struct Control {
     releases: Vec<(u64, u64)>,
     cancels: Vec<u64>,
-    /// Pongs owed (0 or 1: answers to many pings are coalesced).
-    pongs: usize,
+    /// A pong is owed (answers to many pings are coalesced into one).
+    pong: bool,
     /// A keep-alive ping is due.
     ping: bool,
 }
@@ -418,12 +418,18 @@ impl Shared {
 
     /// The peer sent something: it is alive.
     pub(crate) fn touch(&self) {
-        self.last_seen.store(self.now_ms(), Ordering::Relaxed);
+        // Only keep-alive reads this clock: no clock read per frame without it.
+        if self.config.keepalive_interval.is_some() {
+            self.last_seen.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// A call was made or served: the connection is not idle.
     pub(crate) fn active(&self) {
-        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+        // Only the idle timeout reads this clock.
+        if self.config.idle_timeout.is_some() {
+            self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Makes a call and waits for its reply, its deadline or the connection's end.
