@@ -86,18 +86,55 @@ const BULK_WINDOW: usize = 4;
 /// Objects made per `make` call for the proxy_mem figure.
 const PROXY_BATCH: usize = 1_000;
 
-const USAGE: &str = "usage: bench [--quick] [--connect HOST:PORT]";
+const USAGE: &str = "usage: bench [--quick] [--connect HOST:PORT] [--only GROUP,...]
+  groups: mem latency pipelined callback connect clients pool bulk";
+
+/// The groups of figures `--only` selects from.
+const GROUPS: [&str; 8] = [
+    "mem",
+    "latency",
+    "pipelined",
+    "callback",
+    "connect",
+    "clients",
+    "pool",
+    "bulk",
+];
+
+/// Which groups of figures to measure (all of them by default).
+#[derive(Debug, Clone)]
+struct Only(Option<Vec<String>>);
+
+impl Only {
+    fn parse(list: &str) -> Result<Only> {
+        let groups: Vec<String> = list.split(',').map(|g| g.trim().to_owned()).collect();
+        for g in &groups {
+            if !GROUPS.contains(&g.as_str()) {
+                bail!("unknown group {g:?} for --only\n{USAGE}");
+            }
+        }
+        Ok(Only(Some(groups)))
+    }
+
+    fn wants(&self, group: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|groups| groups.iter().any(|g| g == group))
+    }
+}
 
 fn main() -> Result<()> {
     let mut quick = false;
     let mut serve = false;
     let mut connect = None;
+    let mut only = Only(None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--serve" => serve = true,
             "--connect" => connect = Some(args.next().context("--connect needs HOST:PORT")?),
+            "--only" => only = Only::parse(&args.next().context("--only needs GROUP,...")?)?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -121,7 +158,7 @@ fn main() -> Result<()> {
     let plan: &'static Plan = if quick { &QUICK } else { &FULL };
     // Measure from a task on the runtime's workers, as an async application
     // runs, not from the thread that blocks on the runtime.
-    runtime.block_on(async move { tokio::spawn(run(plan, connect)).await? })
+    runtime.block_on(async move { tokio::spawn(run(plan, connect, only)).await? })
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -131,7 +168,7 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to nothing"))
 }
 
-async fn run(plan: &Plan, connect: Option<SocketAddr>) -> Result<()> {
+async fn run(plan: &Plan, connect: Option<SocketAddr>, only: Only) -> Result<()> {
     let server = ServerChild::start().await?;
     eprintln!(
         "bench: server child {} (rrpc {}, echo {}, bulk {}){}",
@@ -145,7 +182,7 @@ async fn run(plan: &Plan, connect: Option<SocketAddr>) -> Result<()> {
         }
     );
     let mut results = Results::default();
-    let outcome = measure(plan, &server, connect, &mut results).await;
+    let outcome = measure(plan, &server, connect, &only, &mut results).await;
     server.stop().await;
     outcome?;
     println!();
@@ -159,124 +196,142 @@ async fn measure(
     plan: &Plan,
     server: &ServerChild,
     connect: Option<SocketAddr>,
+    only: &Only,
     r: &mut Results,
 ) -> Result<()> {
     let target = Target::connect(connect.unwrap_or(server.rrpc), connect.is_none()).await?;
     let me = std::process::id();
 
-    // Memory first, while neither process has freed memory to reuse.
-    match target.bench() {
-        Some(bench) => {
-            eprintln!("conn_mem: {} idle connections", plan.idle_connections);
-            conn_mem(plan, &target, server.pid, r).await;
+    if only.wants("mem") {
+        // Memory first, while neither process has freed memory to reuse.
+        match target.bench() {
+            Some(bench) => {
+                eprintln!("conn_mem: {} idle connections", plan.idle_connections);
+                conn_mem(plan, &target, server.pid, r).await;
 
-            eprintln!("proxy_mem: {} live proxies", plan.proxies);
-            let mut proxies = Vec::with_capacity(plan.proxies);
-            let (client0, server0) = (rss(me), rss(server.pid));
-            rrpc::hold_more(bench, &mut proxies, plan.proxies, PROXY_BATCH).await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let per = |before: Option<u64>, after: Option<u64>| {
-                Some(after?.saturating_sub(before?) as f64 / plan.proxies as f64)
-            };
-            if let Some(b) = per(client0, rss(me)) {
-                r.rrpc("proxy_mem_client", b, "B/proxy");
+                eprintln!("proxy_mem: {} live proxies", plan.proxies);
+                let mut proxies = Vec::with_capacity(plan.proxies);
+                let (client0, server0) = (rss(me), rss(server.pid));
+                rrpc::hold_more(bench, &mut proxies, plan.proxies, PROXY_BATCH).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let per = |before: Option<u64>, after: Option<u64>| {
+                    Some(after?.saturating_sub(before?) as f64 / plan.proxies as f64)
+                };
+                if let Some(b) = per(client0, rss(me)) {
+                    r.rrpc("proxy_mem_client", b, "B/proxy");
+                }
+                if let Some(b) = per(server0, rss(server.pid)) {
+                    r.rrpc("proxy_mem_server", b, "B/object");
+                }
+                drop(proxies);
             }
-            if let Some(b) = per(server0, rss(server.pid)) {
-                r.rrpc("proxy_mem_server", b, "B/object");
+            None => {
+                r.skip("conn_mem", "needs the benchmark server's process");
+                r.skip(
+                    "proxy_mem",
+                    "needs the bench object and the server's process",
+                );
             }
-            drop(proxies);
         }
-        None => {
-            r.skip("conn_mem", "needs the benchmark server's process");
+    }
+
+    if only.wants("latency") {
+        eprintln!("latency: {} sequential round trips", plan.latency_iters);
+        let mut s = raw::pingpong(server.echo, plan.warmup, plan.latency_iters).await?;
+        r.raw("pingpong_p50", percentile_us(&mut s, 50.0), "us");
+        r.raw("pingpong_p99", percentile_us(&mut s, 99.0), "us");
+        let mut s = rrpc::null_call(&target, plan.warmup, plan.latency_iters).await?;
+        r.rrpc("null_call_p50", percentile_us(&mut s, 50.0), "us");
+        r.rrpc("null_call_p99", percentile_us(&mut s, 99.0), "us");
+    }
+
+    if only.wants("pipelined") {
+        eprintln!("throughput: pipelined on one connection");
+        let rate = raw::pipelined(server.echo, 1024, plan.pipeline_time).await?;
+        r.raw("pipelined", rate, "msgs/s");
+        for depth in [16, 128, 1024] {
+            let rate = rrpc::pipelined(&target, depth, plan.pipeline_time).await?;
+            r.rrpc(format!("pipelined_{depth}"), rate, "calls/s");
+        }
+    }
+
+    if only.wants("callback") {
+        eprintln!("callbacks: {} calls", plan.callback_iters);
+        let mut s = rrpc::callback(&target, plan.warmup / 4, plan.callback_iters).await?;
+        r.rrpc("callback_p50", percentile_us(&mut s, 50.0), "us");
+        let mut s = rrpc::async_callback(&target, plan.warmup / 4, plan.callback_iters).await?;
+        r.rrpc("async_callback_p50", percentile_us(&mut s, 50.0), "us");
+    }
+
+    if only.wants("connect") {
+        eprintln!("connect: {} connections", plan.connects);
+        let mut s = raw::connects(server.echo, plan.connects).await?;
+        r.raw("connect_p50", percentile_us(&mut s, 50.0), "us");
+        let mut s = rrpc::connects(target.addr, plan.connects).await?;
+        r.rrpc("connect_p50", percentile_us(&mut s, 50.0), "us");
+    }
+
+    if only.wants("clients") {
+        eprintln!("many_clients: {} connections", plan.clients);
+        let rate = raw::many_clients(server.echo, plan.clients, plan.clients_time).await?;
+        r.raw("many_clients", rate, "msgs/s");
+        if connect.is_none() {
+            let rate = rrpc::many_clients(target.addr, plan.clients, plan.clients_time).await?;
+            r.rrpc("many_clients", rate, "calls/s");
+        } else {
             r.skip(
-                "proxy_mem",
-                "needs the bench object and the server's process",
+                "many_clients",
+                "needs the bench object and lifted connection limits",
             );
         }
     }
 
-    eprintln!("latency: {} sequential round trips", plan.latency_iters);
-    let mut s = raw::pingpong(server.echo, plan.warmup, plan.latency_iters).await?;
-    r.raw("pingpong_p50", percentile_us(&mut s, 50.0), "us");
-    r.raw("pingpong_p99", percentile_us(&mut s, 99.0), "us");
-    let mut s = rrpc::null_call(&target, plan.warmup, plan.latency_iters).await?;
-    r.rrpc("null_call_p50", percentile_us(&mut s, 50.0), "us");
-    r.rrpc("null_call_p99", percentile_us(&mut s, 99.0), "us");
-
-    eprintln!("throughput: pipelined on one connection");
-    let rate = raw::pipelined(server.echo, 1024, plan.pipeline_time).await?;
-    r.raw("pipelined", rate, "msgs/s");
-    for depth in [16, 128, 1024] {
-        let rate = rrpc::pipelined(&target, depth, plan.pipeline_time).await?;
-        r.rrpc(format!("pipelined_{depth}"), rate, "calls/s");
+    if only.wants("pool") {
+        if connect.is_none() {
+            let jobs = plan.callback_iters * 4;
+            eprintln!("pool: {jobs} tiny jobs on one node");
+            let per_job = rrpc::pool_overhead(target.addr, jobs).await?;
+            r.rrpc("pool_overhead", per_job, "us");
+        } else {
+            r.skip("pool_overhead", "needs the bench object");
+        }
     }
 
-    eprintln!("callbacks: {} calls", plan.callback_iters);
-    let mut s = rrpc::callback(&target, plan.warmup / 4, plan.callback_iters).await?;
-    r.rrpc("callback_p50", percentile_us(&mut s, 50.0), "us");
-    let mut s = rrpc::async_callback(&target, plan.warmup / 4, plan.callback_iters).await?;
-    r.rrpc("async_callback_p50", percentile_us(&mut s, 50.0), "us");
-
-    eprintln!("connect: {} connections", plan.connects);
-    let mut s = raw::connects(server.echo, plan.connects).await?;
-    r.raw("connect_p50", percentile_us(&mut s, 50.0), "us");
-    let mut s = rrpc::connects(target.addr, plan.connects).await?;
-    r.rrpc("connect_p50", percentile_us(&mut s, 50.0), "us");
-
-    eprintln!("many_clients: {} connections", plan.clients);
-    let rate = raw::many_clients(server.echo, plan.clients, plan.clients_time).await?;
-    r.raw("many_clients", rate, "msgs/s");
-    if connect.is_none() {
-        let rate = rrpc::many_clients(target.addr, plan.clients, plan.clients_time).await?;
-        r.rrpc("many_clients", rate, "calls/s");
-    } else {
-        r.skip(
-            "many_clients",
-            "needs the bench object and lifted connection limits",
-        );
-    }
-
-    if connect.is_none() {
-        let jobs = plan.callback_iters * 4;
-        eprintln!("pool: {jobs} tiny jobs on one node");
-        let per_job = rrpc::pool_overhead(target.addr, jobs).await?;
-        r.rrpc("pool_overhead", per_job, "us");
-    } else {
-        r.skip("pool_overhead", "needs the bench object");
-    }
-
-    eprintln!("bulk: {} MiB", plan.bulk_bytes >> 20);
-    let rate = raw::bulk(server.bulk, plan.bulk_bytes).await?;
-    r.raw("bulk", rate, "MB/s");
-    match target.bench() {
-        Some(bench) => {
-            // The RSS the transfers start from: their peaks stay within a
-            // few chunks of it, whatever the transfer size.
-            for (who, pid) in [("client", me), ("server", server.pid)] {
-                if let Some(before) = rss(pid) {
-                    r.rrpc(format!("bulk_rss_before_{who}"), mib(before), "MiB");
-                }
-            }
-            for (name, down) in [("bulk_down", true), ("bulk_up", false)] {
-                let reset = reset_peak(me) && reset_peak(server.pid);
-                let rate = if down {
-                    rrpc::bulk_down(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
-                } else {
-                    rrpc::bulk_up(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
-                };
-                r.rrpc(name, rate, "MB/s");
+    if only.wants("bulk") {
+        eprintln!("bulk: {} MiB", plan.bulk_bytes >> 20);
+        let rate = raw::bulk(server.bulk, plan.bulk_bytes).await?;
+        r.raw("bulk", rate, "MB/s");
+        match target.bench() {
+            Some(bench) => {
+                // The RSS the transfers start from: their peaks stay within a
+                // few chunks of it, whatever the transfer size.
                 for (who, pid) in [("client", me), ("server", server.pid)] {
-                    if let Some(peak) = peak_rss(pid) {
-                        r.rrpc(format!("{name}_peak_rss_{who}"), mib(peak), "MiB");
+                    if let Some(before) = rss(pid) {
+                        r.rrpc(format!("bulk_rss_before_{who}"), mib(before), "MiB");
                     }
                 }
-                if !reset {
-                    eprintln!("  note: peak RSS could not be reset; it counts from the start");
+                for (name, down) in [("bulk_down", true), ("bulk_up", false)] {
+                    let reset = reset_peak(me) && reset_peak(server.pid);
+                    let rate = if down {
+                        rrpc::bulk_down(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
+                    } else {
+                        rrpc::bulk_up(bench, plan.bulk_bytes, BULK_CHUNK, BULK_WINDOW).await?
+                    };
+                    r.rrpc(name, rate, "MB/s");
+                    for (who, pid) in [("client", me), ("server", server.pid)] {
+                        if let Some(peak) = peak_rss(pid) {
+                            r.rrpc(format!("{name}_peak_rss_{who}"), mib(peak), "MiB");
+                        }
+                    }
+                    if !reset {
+                        eprintln!("  note: peak RSS could not be reset; it counts from the start");
+                    }
                 }
             }
+            None => r.skip("bulk", "needs the bench object"),
         }
-        None => r.skip("bulk", "needs the bench object"),
     }
+
     target.close().await;
     Ok(())
 }

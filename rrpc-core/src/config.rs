@@ -21,8 +21,10 @@ pub struct Config {
     pub call_timeout: Duration,
     /// How long the peer has to send its greeting (default 10 s).
     pub handshake_timeout: Duration,
-    /// Capacity of the queue of frames waiting for the writer (default 1024).
-    pub write_queue: usize,
+    /// Bytes waiting for the writer beyond which calls and replies wait
+    /// for the peer to read (default 1 MiB). Bounds a connection's send
+    /// queue to about twice this plus one frame per waiting caller.
+    pub max_write_buffer: usize,
     /// Longest string or byte string accepted in one value (default 16 MiB).
     pub max_bytes_len: usize,
     /// Most items accepted in one list or map (default 1 M).
@@ -50,7 +52,7 @@ impl Default for Config {
             max_in_flight: 1024,
             call_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
-            write_queue: 1024,
+            max_write_buffer: 1024 * 1024,
             max_bytes_len: 16 * 1024 * 1024,
             max_list_len: 1 << 20,
             max_live_objects: 100_000,
@@ -97,6 +99,12 @@ impl Config {
     /// Closes the connection after `timeout` without calls.
     pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the bytes queued for the writer beyond which senders wait.
+    pub fn with_max_write_buffer(mut self, bytes: usize) -> Self {
+        self.max_write_buffer = bytes;
         self
     }
 

@@ -399,6 +399,15 @@ pub fn encode_into(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<usize, String
     Ok(len)
 }
 
+/// Encodes `msg` (without a length prefix) into a bincode writer.
+pub(crate) fn encode_with<W: bincode::enc::write::Writer>(
+    msg: &Message<'_>,
+    writer: W,
+) -> Result<(), String> {
+    bincode::serde::encode_into_writer(msg, writer, bincode_config())
+        .map_err(|e| format!("cannot encode message: {e}"))
+}
+
 /// Decodes one message from a frame's payload (without its length prefix).
 pub fn decode(payload: &[u8], limits: DecodeLimits) -> Result<Message<'_>, String> {
     BUDGET.with(|b| {

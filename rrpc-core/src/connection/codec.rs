@@ -12,8 +12,9 @@ use crate::objects::object_key;
 use crate::proxy::{Proxy, ProxyInner};
 use crate::remote::Remote;
 use crate::value::Value;
-use crate::wire::{self, Message, Op, WireError, WireValue};
+use crate::wire::{Message, Op, WireError, WireValue};
 
+use super::outbox::{EncodeFailure, Frames, BIG};
 use super::{Connection, Shared};
 
 /// Encodes values for one outgoing message, remembering which references it
@@ -21,6 +22,8 @@ use super::{Connection, Shared};
 pub(super) struct Encoder<'s> {
     shared: &'s Shared,
     exported: Vec<u64>,
+    /// Big byte strings of the message, written without a copy.
+    big: Vec<Bytes>,
     /// The first reference that could not be exported.
     refused: Option<Error>,
 }
@@ -30,6 +33,7 @@ impl<'s> Encoder<'s> {
         Encoder {
             shared,
             exported: Vec::new(),
+            big: Vec::new(),
             refused: None,
         }
     }
@@ -75,7 +79,12 @@ impl<'s> Encoder<'s> {
             Value::UInt(u) => WireValue::UInt(*u),
             Value::Float(f) => WireValue::Float(*f),
             Value::Str(s) => WireValue::Str(Cow::Borrowed(s)),
-            Value::Bytes(b) => WireValue::Bytes(Cow::Borrowed(b)),
+            Value::Bytes(b) => {
+                if b.len() >= BIG {
+                    self.big.push(b.clone());
+                }
+                WireValue::Bytes(Cow::Borrowed(b))
+            }
             Value::List(items) => WireValue::List(items.iter().map(|v| self.value(v)).collect()),
             Value::Map(pairs) => WireValue::Map(
                 pairs
@@ -100,35 +109,20 @@ impl<'s> Encoder<'s> {
         }
     }
 
-    /// Encodes `msg` into a frame no larger than the peer accepts.
-    pub(super) fn finish(self, msg: &Message<'_>) -> Result<Vec<u8>, Error> {
-        let mut frame = Vec::new();
-        self.finish_into(msg, &mut frame)?;
-        Ok(frame)
-    }
-
     /// Appends `msg`, as one frame, to `out`; on failure `out` is left as it was.
-    pub(super) fn finish_into(mut self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+    pub(super) fn finish_into(mut self, msg: &Message<'_>, out: &mut Frames) -> Result<(), Error> {
         if let Some(refused) = self.refused.take() {
             return Err(refused);
         }
-        let start = out.len();
-        let size = match wire::encode_into(msg, out) {
-            Ok(size) => size,
-            Err(e) => {
-                out.truncate(start);
-                return Err(Error::Protocol(e));
+        let limit = self.shared.peer_max_frame;
+        match out.encode(msg, &self.big, limit) {
+            Ok(_) => {
+                self.exported.clear();
+                Ok(())
             }
-        };
-        if size > self.shared.peer_max_frame {
-            out.truncate(start);
-            return Err(Error::FrameTooLarge {
-                size,
-                limit: self.shared.peer_max_frame,
-            });
+            Err(EncodeFailure::Invalid(e)) => Err(Error::Protocol(e)),
+            Err(EncodeFailure::TooLarge(size)) => Err(Error::FrameTooLarge { size, limit }),
         }
-        self.exported.clear();
-        Ok(())
     }
 }
 
@@ -169,7 +163,7 @@ fn in_frame(slice: &[u8], frame: &Bytes) -> bool {
     s >= start && e <= end
 }
 
-fn timeout_ms(timeout: Duration) -> u64 {
+pub(super) fn timeout_ms(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
@@ -182,7 +176,8 @@ impl Shared {
         target: u64,
         timeout: Duration,
         op: &OutOp,
-    ) -> Result<Vec<u8>, Error> {
+        out: &mut Frames,
+    ) -> Result<(), Error> {
         let mut enc = Encoder::new(self);
         let op = match op {
             OutOp::Call { method, args } => Op::Call {
@@ -207,18 +202,7 @@ impl Shared {
             timeout_ms: timeout_ms(timeout),
             op,
         };
-        enc.finish(&msg)
-    }
-
-    /// Encodes a reply; a result too large for the peer becomes an error reply.
-    pub(super) fn encode_reply(
-        &self,
-        id: u64,
-        result: &Result<Value, RemoteError>,
-    ) -> Result<Vec<u8>, Error> {
-        let mut frame = Vec::new();
-        self.encode_reply_into(id, result, &mut frame)?;
-        Ok(frame)
+        enc.finish_into(&msg, out)
     }
 
     /// Appends the reply frame to `out`; a result the peer cannot take (too
@@ -227,7 +211,7 @@ impl Shared {
         &self,
         id: u64,
         result: &Result<Value, RemoteError>,
-        out: &mut Vec<u8>,
+        out: &mut Frames,
     ) -> Result<(), Error> {
         let mut enc = Encoder::new(self);
         let wire_result = match result {

@@ -24,7 +24,8 @@ use crate::remote::{Args, CallContext, Member, Remote, Reply};
 use crate::value::Value;
 use crate::wire::{Message, Op};
 
-use super::{Connection, Shared};
+use super::outbox::Frames;
+use super::{with_scratch, Connection, Shared};
 
 /// What a request asked for, kept to name it in errors and logs (built
 /// without allocating: the names are moved out of the decoded request).
@@ -55,7 +56,7 @@ impl Shared {
         self: &Arc<Shared>,
         msg: Message<'_>,
         frame: &Bytes,
-        replies: &mut Vec<u8>,
+        replies: &mut Frames,
     ) -> Result<(), String> {
         match msg {
             Message::Request {
@@ -80,7 +81,7 @@ impl Shared {
                     Err(err) => Err(Error::Remote(err.into())),
                 };
                 if let Some((_, waiter)) = self.pending.remove(&id) {
-                    let _ = waiter.send(result);
+                    let _ = waiter.reply.send(result);
                 }
             }
             Message::Cancel { id } => {
@@ -104,30 +105,18 @@ impl Shared {
             Message::Ping => {
                 // At most one answer is owed, however many pings arrived.
                 self.control.lock().unwrap_or_else(|p| p.into_inner()).pong = true;
-                self.wake_writer.notify_one();
+                self.outbox.nudge();
             }
             Message::Pong => {} // its arrival already counted as a sign of life
         }
         Ok(())
     }
 
-    /// Refuses request `id` with `err`.
-    ///
-    /// Refusals are queued without waiting: a peer that floods requests and
-    /// does not read its replies fills the queue, and then further refusals
-    /// are dropped (its calls time out) instead of piling up here.
-    pub(super) fn refuse(self: &Arc<Shared>, id: u64, err: RemoteError) {
-        match self.encode_reply(id, &Err(err)) {
-            Ok(frame) => {
-                if self.out.try_send(frame).is_err() {
-                    tracing::debug!(
-                        conn = self.id,
-                        request = id,
-                        "refusal dropped: the peer is not reading"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode a refusal: {e}"),
+    /// Refuses request `id` with `err`: the refusal joins the replies of
+    /// the burst being handled.
+    pub(super) fn refuse(self: &Arc<Shared>, id: u64, err: RemoteError, replies: &mut Frames) {
+        if let Err(e) = self.encode_reply_into(id, &Err(err), replies) {
+            tracing::warn!(conn = self.id, request = id, "cannot encode a refusal: {e}");
         }
     }
 
@@ -140,13 +129,14 @@ impl Shared {
         timeout_ms: u64,
         op: Op<'_>,
         frame: &Bytes,
-        replies: &mut Vec<u8>,
+        replies: &mut Frames,
     ) {
         self.active();
         if self.draining.load(Ordering::SeqCst) {
             return self.refuse(
                 id,
                 RemoteError::new(ErrorKind::Refused, "the server is shutting down"),
+                replies,
             );
         }
         if !self.serving.load(Ordering::SeqCst) {
@@ -156,6 +146,7 @@ impl Shared {
                     ErrorKind::Refused,
                     "this side has stopped serving requests (BgServing stopped)",
                 ),
+                replies,
             );
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -168,6 +159,7 @@ impl Shared {
                         self.config.max_in_flight
                     ),
                 ),
+                replies,
             );
         };
         let obj = if target == ROOT_ID {
@@ -182,6 +174,7 @@ impl Shared {
                     ErrorKind::NoSuchObject,
                     format!("object #{target} is not (or no longer) exported on this connection"),
                 ),
+                replies,
             );
         };
         let cancel = CancellationToken::new();
@@ -284,7 +277,7 @@ impl Shared {
         id: u64,
         result: Result<Value, RemoteError>,
         permit: OwnedSemaphorePermit,
-        replies: &mut Vec<u8>,
+        replies: &mut Frames,
     ) {
         // Straight into the batch: no frame of its own, no copy.
         if let Err(e) = self.encode_reply_into(id, &result, replies) {
@@ -305,7 +298,13 @@ impl Shared {
         work: futures::future::BoxFuture<'static, Result<Value, RemoteError>>,
     ) {
         self.running.insert(id, cancel.clone());
-        let deadline = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        // The caller gives up at its deadline and cancels; this side stops
+        // the work a little later, should the cancel not come (so the caller
+        // sees its own timeout, not this side's).
+        let deadline = (timeout_ms > 0).then(|| {
+            let timeout = Duration::from_millis(timeout_ms);
+            timeout + (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
+        });
         let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
         let shared = self.clone();
         self.tasks.spawn(
@@ -344,13 +343,14 @@ impl Shared {
     }
 
     async fn send_reply(&self, id: u64, result: Result<Value, RemoteError>) {
-        match self.encode_reply(id, &result) {
-            Ok(frame) => {
-                // Fails only when the connection is closed: nobody to tell.
-                let _ = self.out.send(frame).await;
-            }
-            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
+        self.outbox.reserve(&self.closed).await;
+        if self.closed.is_cancelled() {
+            return; // nobody to tell
         }
+        with_scratch(|frames| match self.encode_reply_into(id, &result, frames) {
+            Ok(()) => self.outbox.push(frames),
+            Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
+        });
     }
 }
 

@@ -3,19 +3,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use std::io::IoSlice;
+
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_util::codec::LengthDelimitedCodec;
 use tracing::Instrument;
 
 use crate::error::Error;
 use crate::wire::{self, DecodeLimits, Message};
 
+use super::framing::FrameReader;
+use super::outbox::Frames;
 use super::Shared;
 
-/// Frames are copied into one buffer and written together up to this size.
+/// Replies answered inline are batched up to this size before they join the
+/// outbox.
 const COALESCE_BYTES: usize = 64 * 1024;
+/// Most chunks given to one vectored write.
+const MAX_IOV: usize = 64;
 /// At most this many (id, count) pairs go in one release message.
 const RELEASES_PER_MESSAGE: usize = 4096;
 /// How long the last frames (a goodbye) may take to leave once closing.
@@ -27,11 +32,7 @@ where
 {
     let span = tracing::debug_span!("conn", id = shared.id, peer = %shared.peer);
     async {
-        let mut frames = LengthDelimitedCodec::builder()
-            .big_endian()
-            .length_field_length(4)
-            .max_frame_length(shared.config.max_frame_len)
-            .new_read(reader);
+        let mut frames = FrameReader::new(reader, shared.config.max_frame_len);
         let limits = DecodeLimits {
             max_depth: shared.config.max_depth,
             max_nodes: shared.config.max_nodes,
@@ -40,7 +41,7 @@ where
         };
         // Replies answered inline while handling one burst of frames go out
         // together, as one write.
-        let mut replies = Vec::new();
+        let mut replies = Frames::default();
         'reading: loop {
             let next = tokio::select! {
                 _ = shared.closed.cancelled() => break,
@@ -51,6 +52,8 @@ where
                 }
                 next = frames.next() => next,
             };
+            // The peer is alive: once per burst is enough.
+            shared.touch();
             if !shared.on_frame(next, limits, &mut replies) {
                 break;
             }
@@ -66,11 +69,12 @@ where
                 }
             }
             if !replies.is_empty() {
-                let batch = std::mem::take(&mut replies);
-                tokio::select! {
-                    _ = shared.closed.cancelled() => break,
-                    sent = shared.out.send(batch) => if sent.is_err() { break },
+                // A peer that does not read its replies stops being read.
+                shared.outbox.reserve(&shared.closed).await;
+                if shared.closed.is_cancelled() {
+                    break;
                 }
+                shared.outbox.push(&mut replies);
             }
         }
         // The reader owns nothing else; dropping the stream half is enough.
@@ -85,12 +89,12 @@ impl Shared {
     /// Handles one result of the frame stream; false when reading must stop.
     fn on_frame(
         self: &Arc<Shared>,
-        next: Option<std::io::Result<bytes::BytesMut>>,
+        next: Option<std::io::Result<bytes::Bytes>>,
         limits: DecodeLimits,
-        replies: &mut Vec<u8>,
+        replies: &mut Frames,
     ) -> bool {
         let frame = match next {
-            Some(Ok(frame)) => frame.freeze(),
+            Some(Ok(frame)) => frame,
             None => {
                 self.close(Error::ConnectionLost(
                     "the peer closed the connection".into(),
@@ -110,7 +114,6 @@ impl Shared {
                 return false;
             }
         };
-        self.touch();
         match wire::decode(&frame, limits) {
             Ok(msg) => match self.handle_message(msg, &frame, replies) {
                 Ok(()) => true,
@@ -120,7 +123,11 @@ impl Shared {
                 }
             },
             // A well-formed message that breaks a limit fails alone.
-            Err(why) if why.starts_with(wire::LIMIT_MARK) && self.over_limit(&frame, &why) => true,
+            Err(why)
+                if why.starts_with(wire::LIMIT_MARK) && self.over_limit(&frame, &why, replies) =>
+            {
+                true
+            }
             Err(why) => {
                 protocol_violation(self, &why);
                 false
@@ -138,86 +145,111 @@ fn protocol_violation(shared: &Shared, why: &str) {
     );
 }
 
-pub(super) async fn write_loop<W>(
-    shared: Arc<Shared>,
-    mut frames: mpsc::Receiver<Vec<u8>>,
-    mut writer: W,
-) where
+pub(super) async fn write_loop<W>(shared: Arc<Shared>, mut writer: W)
+where
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(COALESCE_BYTES);
-    let mut closing = false;
-    while !closing {
-        tokio::select! {
-            biased;
-            frame = frames.recv() => match frame {
-                Some(frame) if frame.len() >= COALESCE_BYTES && buf.is_empty() => {
-                    // A big frame goes out as it is, without a copy.
-                    if let Err(e) = write_or_close(&shared, &mut writer, &frame).await {
-                        shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
-                        break;
-                    }
-                    continue;
-                }
-                Some(frame) => buf.extend_from_slice(&frame),
-                None => closing = true,
-            },
-            _ = shared.wake_writer.notified() => {}
-            _ = shared.closed.cancelled() => closing = true,
-        }
-        // Coalesce whatever else is queued into the same write.
-        while buf.len() < COALESCE_BYTES {
-            match frames.try_recv() {
-                Ok(frame) => buf.extend_from_slice(&frame),
-                Err(_) => break,
+    let mut frames = Frames::default();
+    loop {
+        shared.outbox.take(&mut frames);
+        if frames.is_empty() {
+            // Nothing queued: wait for a producer, a control message or the end.
+            tokio::select! {
+                biased;
+                _ = shared.outbox.work() => {}
+                _ = shared.closed.cancelled() => {}
             }
+            shared.outbox.take(&mut frames);
         }
         // Closed meanwhile: write what is queued (a goodbye) as the last flush.
-        closing |= shared.closed.is_cancelled();
+        let closing = shared.closed.is_cancelled();
         if !closing {
-            shared.drain_control(&mut buf);
+            shared.drain_control(&mut frames);
         }
-        if buf.is_empty() {
-            continue;
-        }
-        let written = if closing {
-            tokio::time::timeout(FINAL_FLUSH, writer.write_all(&buf))
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-        } else {
-            tokio::select! {
-                r = writer.write_all(&buf) => r,
-                // Closed while the peer was not reading: give up on the rest.
-                _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
+        if !frames.is_empty() {
+            let written = if closing {
+                tokio::time::timeout(FINAL_FLUSH, write_frames(&mut writer, &frames))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            } else {
+                tokio::select! {
+                    r = write_frames(&mut writer, &frames) => r,
+                    // Closed while the peer was not reading: give up on the rest.
+                    _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
+                }
+            };
+            if let Err(e) = written {
+                shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
+                break;
             }
-        };
-        if let Err(e) = written {
-            shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
-            break;
+            frames.clear();
         }
-        buf.clear();
-        if buf.capacity() > 4 * COALESCE_BYTES {
-            buf.shrink_to(COALESCE_BYTES);
+        if closing {
+            break;
         }
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, writer.shutdown()).await;
 }
 
-/// Writes `bytes`, giving up if the connection closes meanwhile.
-async fn write_or_close<W: AsyncWrite + Unpin>(
-    shared: &Shared,
+/// Writes every chunk of `frames`, several per system call where the
+/// stream takes vectored writes, then flushes.
+async fn write_frames<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    bytes: &[u8],
+    frames: &Frames,
 ) -> std::io::Result<()> {
-    tokio::select! {
-        r = writer.write_all(bytes) => r,
-        _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
+    let chunks = frames.chunks();
+    if chunks.len() == 1 || !writer.is_write_vectored() {
+        for chunk in chunks {
+            writer.write_all(chunk.as_slice()).await?;
+        }
+        return writer.flush().await;
     }
+    // The first chunk not fully written, and how much of it was.
+    let (mut at, mut offset) = (0, 0);
+    while at < chunks.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        for (i, chunk) in chunks[at..].iter().enumerate() {
+            if n == MAX_IOV {
+                break;
+            }
+            let bytes = chunk.as_slice();
+            let bytes = if i == 0 { &bytes[offset..] } else { bytes };
+            if !bytes.is_empty() {
+                slices[n] = IoSlice::new(bytes);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let mut written = writer.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && at < chunks.len() {
+            let left = chunks[at].as_slice().len() - offset;
+            if written >= left {
+                written -= left;
+                at += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+        // Skip chunks left empty.
+        while at < chunks.len() && chunks[at].as_slice().len() == offset {
+            at += 1;
+            offset = 0;
+        }
+    }
+    writer.flush().await
 }
 
 impl Shared {
-    /// Appends queued cancels and releases to `buf` as messages.
-    fn drain_control(&self, buf: &mut Vec<u8>) {
+    /// Appends queued cancels and releases to `frames` as messages.
+    fn drain_control(&self, frames: &mut Frames) {
         let (cancels, releases, pong, ping) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             (
@@ -229,20 +261,21 @@ impl Shared {
         };
         for id in cancels {
             // These messages are tiny and well-formed: encoding cannot fail.
-            let _ = wire::encode_into(&Message::Cancel { id }, buf);
+            let _ = frames.encode(&Message::Cancel { id }, &[], usize::MAX);
         }
         if pong {
-            let _ = wire::encode_into(&Message::Pong, buf);
+            let _ = frames.encode(&Message::Pong, &[], usize::MAX);
         }
         if ping {
-            let _ = wire::encode_into(&Message::Ping, buf);
+            let _ = frames.encode(&Message::Ping, &[], usize::MAX);
         }
         for chunk in releases.chunks(RELEASES_PER_MESSAGE) {
-            let _ = wire::encode_into(
+            let _ = frames.encode(
                 &Message::Release {
                     refs: chunk.to_vec(),
                 },
-                buf,
+                &[],
+                usize::MAX,
             );
         }
     }
@@ -252,7 +285,7 @@ impl Shared {
     /// A message broke a configured limit. A request is refused on its own
     /// and a call fails on its own, with the reason; returns false when the
     /// message is neither (then it is a protocol violation).
-    fn over_limit(self: &Arc<Shared>, frame: &[u8], why: &str) -> bool {
+    fn over_limit(self: &Arc<Shared>, frame: &[u8], why: &str, replies: &mut Frames) -> bool {
         match wire::decode_head(frame) {
             Some(wire::Head::Request { id }) => {
                 tracing::debug!(conn = self.id, request = id, "refused: {why}");
@@ -262,12 +295,13 @@ impl Shared {
                         crate::error::ErrorKind::Refused,
                         format!("the request was refused: {why}"),
                     ),
+                    replies,
                 );
                 true
             }
             Some(wire::Head::Reply { id }) => {
                 if let Some((_, waiter)) = self.pending.remove(&id) {
-                    let _ = waiter.send(Err(Error::Protocol(format!(
+                    let _ = waiter.reply.send(Err(Error::Protocol(format!(
                         "the reply was refused: {why}"
                     ))));
                 }

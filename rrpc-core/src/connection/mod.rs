@@ -9,20 +9,24 @@
 
 mod codec;
 mod dispatch;
+mod framing;
 mod io;
-mod keepalive;
+mod outbox;
+mod timers;
 
 use std::any::{Any, TypeId};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +39,8 @@ use crate::proxy::{Proxy, ProxyInner};
 use crate::remote::Remote;
 use crate::value::Value;
 use crate::wire::Message;
+
+use outbox::{Frames, Outbox};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -88,16 +94,30 @@ struct Control {
     ping: bool,
 }
 
+/// A call waiting for its reply.
+struct Waiter {
+    reply: oneshot::Sender<Result<Value, Error>>,
+    /// When it times out, in milliseconds since the connection started.
+    deadline: u64,
+    timeout: Duration,
+}
+
 pub(crate) struct Shared {
     id: u64,
     peer: String,
     pub(crate) config: Config,
     /// The largest frame the peer accepts (from its greeting).
     peer_max_frame: usize,
-    out: mpsc::Sender<Vec<u8>>,
+    /// Frames waiting for the writer.
+    outbox: Outbox,
     control: Mutex<Control>,
-    wake_writer: Notify,
-    pending: DashMap<u64, oneshot::Sender<Result<Value, Error>>>,
+    pending: DashMap<u64, Waiter>,
+    /// The earliest deadline of a pending call (milliseconds since the
+    /// connection started; `u64::MAX` for none). It may be stale (early):
+    /// the timer task then finds nothing due and looks again.
+    next_deadline: AtomicU64,
+    /// Tells the timer task about an earlier deadline.
+    deadline_moved: Notify,
     next_request: AtomicU64,
     pub(crate) exports: ExportTable,
     imports: ImportTable,
@@ -112,7 +132,8 @@ pub(crate) struct Shared {
     owner: OnceLock<Weak<Owner>>,
     tasks: TaskTracker,
     extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-    /// When the connection started; the clocks below count from it.
+    /// When the connection started; the clocks below count from it (tokio's
+    /// clock, so that the timer task and the deadlines agree).
     started: Instant,
     /// Milliseconds since `started` when the peer last sent anything.
     last_seen: AtomicU64,
@@ -157,15 +178,15 @@ impl Connection {
     {
         let peer = peer.into();
         let hello = handshake(&mut reader, &mut writer, &config, role).await?;
-        let (out, out_rx) = mpsc::channel(config.write_queue.max(1));
         let shared = Arc::new(Shared {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             peer_max_frame: hello.max_frame_len,
-            out,
+            outbox: Outbox::new(config.max_write_buffer),
             control: Mutex::default(),
-            wake_writer: Notify::new(),
             pending: DashMap::new(),
+            next_deadline: AtomicU64::new(u64::MAX),
+            deadline_moved: Notify::new(),
             next_request: AtomicU64::new(1),
             exports: ExportTable::default(),
             imports: ImportTable::default(),
@@ -199,12 +220,8 @@ impl Connection {
         };
         tracing::debug!(conn = shared.id, peer = %shared.peer, "connection established");
         shared.tasks.spawn(io::read_loop(shared.clone(), reader));
-        shared
-            .tasks
-            .spawn(io::write_loop(shared.clone(), out_rx, writer));
-        if shared.config.keepalive_interval.is_some() || shared.config.idle_timeout.is_some() {
-            shared.tasks.spawn(keepalive::watch(shared.clone()));
-        }
+        shared.tasks.spawn(io::write_loop(shared.clone(), writer));
+        shared.tasks.spawn(timers::watch(shared.clone()));
         Ok(conn)
     }
 
@@ -383,20 +400,45 @@ impl BgServing {
     }
 }
 
-/// Removes a pending call when its future ends or is dropped; if the reply
-/// never came, tells the peer to cancel.
+/// Forgets a pending call whose future is dropped before its reply came,
+/// and tells the peer to cancel it. (Whoever settles a call, the reader with
+/// the reply or the timer task at the deadline, has already removed it.)
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
-    answered: bool,
+    settled: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.pending.remove(&self.id);
-        if !self.answered {
+        if !self.settled && self.shared.pending.remove(&self.id).is_some() {
             self.shared.send_cancel(self.id);
         }
+    }
+}
+
+thread_local! {
+    /// Where requests and replies are encoded before they join the outbox
+    /// (a buffer reused by every call made on this thread).
+    static SCRATCH: RefCell<Frames> = RefCell::new(Frames::default());
+}
+
+/// Runs `f` with an empty [`Frames`] to encode into: this thread's scratch
+/// buffer, or a fresh one if it is in use (a `Drop` making a call while a
+/// message is being encoded) or gone (thread exit).
+fn with_scratch<R>(f: impl FnOnce(&mut Frames) -> R) -> R {
+    let mut f = Some(f);
+    let reused = SCRATCH.try_with(|cell| {
+        let mut frames = cell.try_borrow_mut().ok()?;
+        frames.clear();
+        let f = f.take()?;
+        Some(f(&mut frames))
+    });
+    match (reused, f) {
+        (Ok(Some(result)), _) => result,
+        (_, Some(f)) => f(&mut Frames::default()),
+        // `f` was taken only when it ran and its result came back.
+        (_, None) => unreachable!("the scratch closure ran without a result"),
     }
 }
 
@@ -444,34 +486,71 @@ impl Shared {
         }
         let timeout = timeout.unwrap_or(self.config.call_timeout);
         self.active();
+        // A peer that does not read makes callers wait here, not queue more.
+        self.outbox.reserve(&self.closed).await;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let frame = self.encode_request(id, target, timeout, &op)?;
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(id, tx);
+        let (reply, rx) = oneshot::channel();
+        // Rounded up: a call never times out before its timeout has passed.
+        let deadline = self
+            .now_ms()
+            .saturating_add(codec::timeout_ms(timeout))
+            .saturating_add(1);
+        let waiter = Waiter {
+            reply,
+            deadline,
+            timeout,
+        };
+        with_scratch(|frames| {
+            self.encode_request(id, target, timeout, &op, frames)?;
+            // Registered before the request can leave, so the reply finds it.
+            self.pending.insert(id, waiter);
+            self.outbox.push(frames);
+            Ok::<_, Error>(())
+        })?;
         let mut guard = PendingGuard {
             shared: self,
             id,
-            answered: false,
+            settled: false,
         };
+        if deadline < self.next_deadline.load(Ordering::Acquire) {
+            self.next_deadline.fetch_min(deadline, Ordering::AcqRel);
+            self.deadline_moved.notify_one();
+        }
         if self.closed.is_cancelled() {
-            guard.answered = true;
+            // Closed meanwhile, perhaps after the pending calls were failed.
             return Err(self.reason());
         }
-        if self.out.send(frame).await.is_err() {
-            guard.answered = true;
-            return Err(self.reason());
+        let result = rx.await;
+        guard.settled = true;
+        match result {
+            Ok(result) => result,
+            // The connection closed and dropped every pending sender.
+            Err(_) => Err(self.reason()),
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => {
-                guard.answered = true;
-                result
+    }
+
+    /// Fails the pending calls whose deadline has passed (and tells the
+    /// peer to cancel them); `next_deadline` becomes the earliest one left.
+    fn expire_calls(&self) {
+        let now = self.now_ms();
+        // Whatever a caller registers from here on lowers this again.
+        self.next_deadline.store(u64::MAX, Ordering::SeqCst);
+        let mut due = Vec::new();
+        let mut next = u64::MAX;
+        for entry in self.pending.iter() {
+            if entry.deadline <= now {
+                due.push(*entry.key());
+            } else {
+                next = next.min(entry.deadline);
             }
-            Ok(Err(_)) => {
-                // The connection closed and dropped every pending sender.
-                guard.answered = true;
-                Err(self.reason())
+        }
+        self.next_deadline.fetch_min(next, Ordering::SeqCst);
+        for id in due {
+            if let Some((_, waiter)) = self.pending.remove(&id) {
+                tracing::debug!(conn = self.id, request = id, "call timed out");
+                let _ = waiter.reply.send(Err(Error::Timeout(waiter.timeout)));
+                self.send_cancel(id);
             }
-            Err(_) => Err(Error::Timeout(timeout)),
         }
     }
 
@@ -484,7 +563,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .cancels
             .push(id);
-        self.wake_writer.notify_one();
+        self.outbox.nudge();
     }
 
     /// A proxy's last clone went: forget it and release its references.
@@ -498,7 +577,7 @@ impl Shared {
             control.releases.push((id, refs));
             control.releases.len()
         };
-        self.wake_writer.notify_one();
+        self.outbox.nudge();
         if backlog > MAX_RELEASE_BACKLOG {
             // The peer keeps sending references but never reads: stop here
             // rather than let the backlog grow without bound.
@@ -514,13 +593,14 @@ impl Shared {
         if self.closed.is_cancelled() {
             return;
         }
-        let mut frame = Vec::new();
         let goodbye = Message::Goodbye {
             reason: told_peer.into(),
         };
-        if crate::wire::encode_into(&goodbye, &mut frame).is_ok() {
-            // Best effort: a full queue means the peer is not reading anyway.
-            let _ = self.out.try_send(frame);
+        let mut frame = Frames::default();
+        if frame.encode(&goodbye, &[], usize::MAX).is_ok() {
+            // One small frame, whatever is queued: the writer's last flush
+            // sends it if the peer still reads.
+            self.outbox.push(&mut frame);
         }
         self.close(reason);
     }

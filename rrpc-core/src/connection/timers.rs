@@ -1,0 +1,115 @@
+//! The connection's clock: one task per connection that fails calls past
+//! their deadline, pings a quiet peer, declares a silent one dead, and
+//! closes an idle connection.
+//!
+//! Calls carry no timer of their own: each pending call records its
+//! deadline, and this task sleeps until the earliest one (a caller with an
+//! earlier deadline than the one it sleeps for wakes it). With the usual
+//! single default timeout, that is one wake-up per timeout period, however
+//! many calls are made.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+use super::Shared;
+
+pub(super) async fn watch(shared: Arc<Shared>) {
+    let interval = shared.config.keepalive_interval;
+    let dead_after = shared.config.keepalive_timeout;
+    let idle = shared.config.idle_timeout;
+    // Check keep-alive and idleness often enough to honour the shortest
+    // setting to within a quarter.
+    let tick = [
+        interval,
+        Some(dead_after).filter(|_| interval.is_some()),
+        idle,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|d| (d / 4).max(Duration::from_millis(5)));
+    let started = shared.started;
+    let mut next_tick = tick.map(|t| Instant::now() + t);
+    loop {
+        let deadline = match shared.next_deadline.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => Some(started + Duration::from_millis(ms)),
+        };
+        let wake = match (deadline, next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            // An earlier deadline: sleep again, for it.
+            _ = shared.deadline_moved.notified() => continue,
+            _ = sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            shared.expire_calls();
+        }
+        if let (Some(tick), Some(at)) = (tick, next_tick) {
+            if at <= now {
+                next_tick = Some(now + tick);
+                if !check_liveness(&shared, interval, dead_after, idle) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keep-alive and idle timeout; false once the connection is closed.
+fn check_liveness(
+    shared: &Shared,
+    interval: Option<Duration>,
+    dead_after: Duration,
+    idle: Option<Duration>,
+) -> bool {
+    let now = shared.now_ms();
+    let silent =
+        Duration::from_millis(now.saturating_sub(shared.last_seen.load(Ordering::Relaxed)));
+    if let Some(interval) = interval {
+        if silent >= dead_after {
+            tracing::warn!(conn = shared.id, peer = %shared.peer, "no sign of life for {silent:?}: closing");
+            shared.close(Error::ConnectionLost(
+                format!("no sign of life from the peer for {silent:?} (keep-alive timeout {dead_after:?})").into(),
+            ));
+            return false;
+        }
+        if silent >= interval {
+            shared
+                .control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ping = true;
+            shared.outbox.nudge();
+        }
+    }
+    if let Some(idle) = idle {
+        let quiet =
+            Duration::from_millis(now.saturating_sub(shared.last_activity.load(Ordering::Relaxed)));
+        if quiet >= idle && shared.pending.is_empty() && shared.running.is_empty() {
+            tracing::debug!(conn = shared.id, "idle for {quiet:?}: closing");
+            shared.shutdown(
+                &format!("the connection was idle for {quiet:?}"),
+                Error::ConnectionLost(format!("closed after being idle for {quiet:?}").into()),
+            );
+            return false;
+        }
+    }
+    true
+}
