@@ -29,11 +29,16 @@ pub struct ServerChild {
 }
 
 impl ServerChild {
-    /// Starts `current_exe --serve` and waits for its ready line.
-    pub async fn start() -> Result<ServerChild> {
+    /// Starts `current_exe --serve` (with `--threads N` when given) and
+    /// waits for its ready line.
+    pub async fn start(threads: Option<usize>) -> Result<ServerChild> {
         let exe = std::env::current_exe().context("cannot find this program to re-run it")?;
-        let mut child = Command::new(exe)
-            .arg("--serve")
+        let mut command = Command::new(exe);
+        command.arg("--serve");
+        if let Some(n) = threads {
+            command.arg("--threads").arg(n.to_string());
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -99,4 +104,16 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
 /// refuses (then the peak counts from the process's start).
 pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// CPU time (user + system, every thread) used so far by process `pid`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In clock ticks of USER_HZ, which is 100 on every Linux ABI.
+    Some(Duration::from_millis((utime + stime) * 10))
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use child::{peak_rss, reset_peak, rss, ServerChild};
+use child::{cpu_time, peak_rss, reset_peak, rss, ServerChild};
 use report::{percentile_us, Results};
 use rrpc::Target;
 
@@ -87,7 +87,11 @@ const BULK_WINDOW: usize = 4;
 const PROXY_BATCH: usize = 1_000;
 
 const USAGE: &str = "usage: bench [--quick] [--connect HOST:PORT] [--only GROUP,...]
-  groups: mem latency pipelined callback connect clients pool bulk";
+             [--threads N] [--server-threads N]
+  --only: groups mem latency pipelined callback connect clients pool bulk
+  --threads N: the client runtime's worker threads (0: a current-thread
+    runtime; default: tokio's, one per core); --server-threads N: the same
+    for the server child";
 
 /// The groups of figures `--only` selects from.
 const GROUPS: [&str; 8] = [
@@ -128,6 +132,8 @@ fn main() -> Result<()> {
     let mut serve = false;
     let mut connect = None;
     let mut only = Only(None);
+    let mut threads = None;
+    let mut server_threads = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -135,6 +141,8 @@ fn main() -> Result<()> {
             "--serve" => serve = true,
             "--connect" => connect = Some(args.next().context("--connect needs HOST:PORT")?),
             "--only" => only = Only::parse(&args.next().context("--only needs GROUP,...")?)?,
+            "--threads" => threads = Some(count(args.next(), "--threads")?),
+            "--server-threads" => server_threads = Some(count(args.next(), "--server-threads")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -142,9 +150,18 @@ fn main() -> Result<()> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     if serve {
         let outcome = runtime.block_on(serve::run());
         // The parent is done with us (or gone): leave without draining.
@@ -158,7 +175,15 @@ fn main() -> Result<()> {
     let plan: &'static Plan = if quick { &QUICK } else { &FULL };
     // Measure from a task on the runtime's workers, as an async application
     // runs, not from the thread that blocks on the runtime.
-    runtime.block_on(async move { tokio::spawn(run(plan, connect, only)).await? })
+    runtime.block_on(async move { tokio::spawn(run(plan, connect, only, server_threads)).await? })
+}
+
+/// A thread count given after `flag`.
+fn count(value: Option<String>, flag: &str) -> Result<usize> {
+    let value = value.with_context(|| format!("{flag} needs a number"))?;
+    value
+        .parse()
+        .with_context(|| format!("{flag} needs a number, not {value:?}"))
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -168,8 +193,13 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to nothing"))
 }
 
-async fn run(plan: &Plan, connect: Option<SocketAddr>, only: Only) -> Result<()> {
-    let server = ServerChild::start().await?;
+async fn run(
+    plan: &Plan,
+    connect: Option<SocketAddr>,
+    only: Only,
+    server_threads: Option<usize>,
+) -> Result<()> {
+    let server = ServerChild::start(server_threads).await?;
     eprintln!(
         "bench: server child {} (rrpc {}, echo {}, bulk {}){}",
         server.pid,
@@ -249,9 +279,30 @@ async fn measure(
         eprintln!("throughput: pipelined on one connection");
         let rate = raw::pipelined(server.echo, 1024, plan.pipeline_time).await?;
         r.raw("pipelined", rate, "msgs/s");
-        for depth in [16, 128, 1024] {
-            let rate = rrpc::pipelined(&target, depth, plan.pipeline_time).await?;
-            r.rrpc(format!("pipelined_{depth}"), rate, "calls/s");
+        for depth in [16, 128, 1024, 0] {
+            let cpu0 = (cpu_time(me), cpu_time(server.pid));
+            // Depth 0 stands for 1024 calls awaited as futures.
+            let (name, (rate, calls)) = match depth {
+                0 => (
+                    "pipelined_1024_futures".to_owned(),
+                    rrpc::pipelined_futures(&target, 1024, plan.pipeline_time).await?,
+                ),
+                _ => (
+                    format!("pipelined_{depth}"),
+                    rrpc::pipelined(&target, depth, plan.pipeline_time).await?,
+                ),
+            };
+            r.rrpc(&name, rate, "calls/s");
+            // What a call costs each side, in CPU time (10 ms resolution).
+            let per_call = |before: Option<Duration>, after: Option<Duration>| {
+                Some(after?.saturating_sub(before?).as_secs_f64() * 1e6 / calls as f64)
+            };
+            if let Some(us) = per_call(cpu0.0, cpu_time(me)) {
+                r.rrpc(format!("{name}_cpu_client"), us, "us/call");
+            }
+            if let Some(us) = per_call(cpu0.1, cpu_time(server.pid)) {
+                r.rrpc(format!("{name}_cpu_server"), us, "us/call");
+            }
         }
     }
 

@@ -269,6 +269,26 @@ const ROWS: &[Row] = &[
         RAW_PIPELINED,
         Some(Target::RatioAtLeast(0.10)),
     ),
+    row("  CPU/call client", "pipelined_1024_cpu_client", None, None),
+    row("  CPU/call server", "pipelined_1024_cpu_server", None, None),
+    row(
+        "pipelined @1024 futures",
+        "pipelined_1024_futures",
+        RAW_PIPELINED,
+        None,
+    ),
+    row(
+        "  CPU/call client",
+        "pipelined_1024_futures_cpu_client",
+        None,
+        None,
+    ),
+    row(
+        "  CPU/call server",
+        "pipelined_1024_futures_cpu_server",
+        None,
+        None,
+    ),
     row(
         "callback p50",
         "callback_p50",

@@ -33,6 +33,9 @@ struct Slot {
     result: Option<Result<Value, Error>>,
     wakers: Vec<Waker>,
     callbacks: Vec<Callback>,
+    /// Threads blocked on the condition variable (it is signalled only
+    /// when there are some: a signal is a system call).
+    blocked: usize,
 }
 
 impl AsyncResult {
@@ -54,7 +57,7 @@ impl AsyncResult {
     /// Stores the outcome, wakes every waiter and runs the callbacks on the
     /// blocking pool (they may block, or make blocking calls themselves).
     pub(crate) fn complete(&self, outcome: Result<Value, Error>) {
-        let (wakers, callbacks) = {
+        let (wakers, callbacks, blocked) = {
             let mut slot = self.slot();
             if slot.result.is_some() {
                 return;
@@ -63,9 +66,12 @@ impl AsyncResult {
             (
                 std::mem::take(&mut slot.wakers),
                 std::mem::take(&mut slot.callbacks),
+                slot.blocked > 0,
             )
         };
-        self.state.ready.notify_all();
+        if blocked {
+            self.state.ready.notify_all();
+        }
         wakers.into_iter().for_each(Waker::wake);
         for callback in callbacks {
             self.run_callback(callback);
@@ -91,22 +97,29 @@ impl AsyncResult {
             if let Some(result) = &slot.result {
                 return result.clone();
             }
+            slot.blocked += 1;
             slot = self
                 .state
                 .ready
                 .wait(slot)
                 .unwrap_or_else(|p| p.into_inner());
+            slot.blocked -= 1;
         }
     }
 
     /// Waits at most `timeout` for the result; returns whether it arrived.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let slot = self.slot();
-        let (slot, _) = self
+        let mut slot = self.slot();
+        if slot.result.is_some() {
+            return true;
+        }
+        slot.blocked += 1;
+        let (mut slot, _) = self
             .state
             .ready
             .wait_timeout_while(slot, timeout, |s| s.result.is_none())
             .unwrap_or_else(|p| p.into_inner());
+        slot.blocked -= 1;
         slot.result.is_some()
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::async_result::AsyncResult;
-use crate::connection::Connection;
+use crate::connection::{Connection, Settle};
 use crate::error::Error;
 use crate::value::Value;
 
@@ -48,8 +48,21 @@ impl Call {
 
     /// Starts the call and returns at once; the reply is collected by the
     /// connection's background task.
+    ///
+    /// The request is sent from here, and the reply goes straight into the
+    /// [`AsyncResult`]: no task per call. (Only when the peer is not reading
+    /// and the connection's send buffer is full does a task wait for room.)
+    /// Dropping the `AsyncResult` does not cancel the call.
     pub fn start(self) -> AsyncResult {
         let result = AsyncResult::new(self.conn.runtime().clone());
+        let shared = self.conn.shared.clone();
+        if shared.has_room() {
+            let settle = Settle::Async(result.clone(), self.conn.clone());
+            if let Err(e) = shared.send_call(self.target, &self.op, self.timeout, settle) {
+                result.complete(Err(e));
+            }
+            return result;
+        }
         let slot = result.clone();
         let handle = self.conn.runtime().clone();
         handle.spawn(async move {

@@ -81,7 +81,7 @@ impl Shared {
                     Err(err) => Err(Error::Remote(err.into())),
                 };
                 if let Some((_, waiter)) = self.pending.remove(&id) {
-                    let _ = waiter.reply.send(result);
+                    waiter.settle(result);
                 }
             }
             Message::Cancel { id } => {

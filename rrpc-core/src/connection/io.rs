@@ -301,7 +301,7 @@ impl Shared {
             }
             Some(wire::Head::Reply { id }) => {
                 if let Some((_, waiter)) = self.pending.remove(&id) {
-                    let _ = waiter.reply.send(Err(Error::Protocol(format!(
+                    waiter.settle(Err(Error::Protocol(format!(
                         "the reply was refused: {why}"
                     ))));
                 }

@@ -95,11 +95,35 @@ struct Control {
 }
 
 /// A call waiting for its reply.
-struct Waiter {
-    reply: oneshot::Sender<Result<Value, Error>>,
+pub(crate) struct Waiter {
+    reply: Settle,
     /// When it times out, in milliseconds since the connection started.
     deadline: u64,
     timeout: Duration,
+}
+
+/// Where a call's outcome goes.
+pub(crate) enum Settle {
+    /// To the future awaiting it.
+    Await(oneshot::Sender<Result<Value, Error>>),
+    /// Into an [`AsyncResult`](crate::AsyncResult), with no task of its own.
+    /// The connection handle keeps the connection open while the call runs,
+    /// as a task awaiting it would.
+    Async(crate::AsyncResult, Connection),
+}
+
+impl Waiter {
+    fn settle(self, outcome: Result<Value, Error>) {
+        match self.reply {
+            Settle::Await(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Settle::Async(result, conn) => {
+                result.complete(outcome);
+                drop(conn);
+            }
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -484,42 +508,15 @@ impl Shared {
         if self.closed.is_cancelled() {
             return Err(self.reason());
         }
-        let timeout = timeout.unwrap_or(self.config.call_timeout);
-        self.active();
         // A peer that does not read makes callers wait here, not queue more.
         self.outbox.reserve(&self.closed).await;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        // Rounded up: a call never times out before its timeout has passed.
-        let deadline = self
-            .now_ms()
-            .saturating_add(codec::timeout_ms(timeout))
-            .saturating_add(1);
-        let waiter = Waiter {
-            reply,
-            deadline,
-            timeout,
-        };
-        with_scratch(|frames| {
-            self.encode_request(id, target, timeout, &op, frames)?;
-            // Registered before the request can leave, so the reply finds it.
-            self.pending.insert(id, waiter);
-            self.outbox.push(frames);
-            Ok::<_, Error>(())
-        })?;
+        let (tx, rx) = oneshot::channel();
+        let id = self.send_call(target, &op, timeout, Settle::Await(tx))?;
         let mut guard = PendingGuard {
             shared: self,
             id,
             settled: false,
         };
-        if deadline < self.next_deadline.load(Ordering::Acquire) {
-            self.next_deadline.fetch_min(deadline, Ordering::AcqRel);
-            self.deadline_moved.notify_one();
-        }
-        if self.closed.is_cancelled() {
-            // Closed meanwhile, perhaps after the pending calls were failed.
-            return Err(self.reason());
-        }
         let result = rx.await;
         guard.settled = true;
         match result {
@@ -527,6 +524,56 @@ impl Shared {
             // The connection closed and dropped every pending sender.
             Err(_) => Err(self.reason()),
         }
+    }
+
+    /// Whether a call can be sent now without waiting for the peer to read.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.outbox.is_full()
+    }
+
+    /// Sends a call whose outcome goes to `settle`; returns its id. Does not
+    /// wait: callers that can wait for room in the outbox do so first.
+    pub(crate) fn send_call(
+        &self,
+        target: u64,
+        op: &OutOp,
+        timeout: Option<Duration>,
+        settle: Settle,
+    ) -> Result<u64, Error> {
+        if self.closed.is_cancelled() {
+            return Err(self.reason());
+        }
+        let timeout = timeout.unwrap_or(self.config.call_timeout);
+        self.active();
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        // Rounded up: a call never times out before its timeout has passed.
+        let deadline = self
+            .now_ms()
+            .saturating_add(codec::timeout_ms(timeout))
+            .saturating_add(1);
+        let waiter = Waiter {
+            reply: settle,
+            deadline,
+            timeout,
+        };
+        with_scratch(|frames| {
+            self.encode_request(id, target, timeout, op, frames)?;
+            // Registered before the request can leave, so the reply finds it.
+            self.pending.insert(id, waiter);
+            self.outbox.push(frames);
+            Ok::<_, Error>(())
+        })?;
+        if deadline < self.next_deadline.load(Ordering::Acquire) {
+            self.next_deadline.fetch_min(deadline, Ordering::AcqRel);
+            self.deadline_moved.notify_one();
+        }
+        if self.closed.is_cancelled() {
+            // Closed meanwhile, perhaps after the pending calls were failed.
+            if let Some((_, waiter)) = self.pending.remove(&id) {
+                waiter.settle(Err(self.reason()));
+            }
+        }
+        Ok(id)
     }
 
     /// Fails the pending calls whose deadline has passed (and tells the
@@ -548,7 +595,8 @@ impl Shared {
         for id in due {
             if let Some((_, waiter)) = self.pending.remove(&id) {
                 tracing::debug!(conn = self.id, request = id, "call timed out");
-                let _ = waiter.reply.send(Err(Error::Timeout(waiter.timeout)));
+                let timeout = waiter.timeout;
+                waiter.settle(Err(Error::Timeout(timeout)));
                 self.send_cancel(id);
             }
         }
@@ -613,8 +661,13 @@ impl Shared {
         }
         tracing::debug!(conn = self.id, peer = %self.peer, reason = %self.reason(), "connection closed");
         self.closed.cancel();
-        // Dropping the senders fails each waiting call with the reason.
-        self.pending.clear();
+        // Every waiting call fails with the reason.
+        let ids: Vec<u64> = self.pending.iter().map(|e| *e.key()).collect();
+        for id in ids {
+            if let Some((_, waiter)) = self.pending.remove(&id) {
+                waiter.settle(Err(self.reason()));
+            }
+        }
         // Stop the running requests (their tasks also watch `closed`; the
         // tokens tell blocking handlers that poll `is_cancelled`).
         for entry in self.running.iter() {
