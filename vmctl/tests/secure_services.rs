@@ -80,10 +80,13 @@ struct Service {
 }
 
 impl Service {
-    async fn start(args: &[&str], paths: &[&Path], env: &[(&str, &str)], ready: &str) -> Service {
+    /// Runs `vmctl ARGS MORE` (MORE: the arguments that are paths, or
+    /// follow them) with `env` and without RRPC_SECRET unless `env` sets
+    /// it, and waits for the line starting with `ready`.
+    async fn start(args: &[&str], more: &[&Path], env: &[(&str, &str)], ready: &str) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmctl"));
         cmd.args(args)
-            .args(paths)
+            .args(more)
             .env_remove("RRPC_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -610,6 +613,74 @@ async fn a_launch_job_registers_with_a_secured_integrator_which_powers_it_down()
         conn.close();
         let (code, _) = integrator.stop(Duration::from_secs(15)).await;
         assert_eq!(code, Some(0));
+    };
+    tokio::time::timeout(TEST_TIMEOUT, work)
+        .await
+        .expect("the test did not finish within its timeout");
+}
+
+/// The warning is printed before the service binds, so an address of the
+/// documentation range (TEST-NET-1, on no interface here) shows it without
+/// exposing anything: the bind then fails.
+#[tokio::test]
+async fn serving_the_network_unauthenticated_is_warned_about_unless_deliberate() {
+    let work = async {
+        let keys = Keys::new("warn-secret");
+        let run = |args: Vec<String>| async move {
+            let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+                .args(&args)
+                .env_remove("RRPC_SECRET")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            assert!(!out.status.success(), "{args:?} could bind 192.0.2.1");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let secret_file = keys.path("secret").to_string_lossy().into_owned();
+        let agent = |extra: &[&str]| {
+            let mut v: Vec<String> = ["agent", "--host", "192.0.2.1", "--port", "0"]
+                .map(String::from)
+                .to_vec();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let integrator = |extra: &[&str]| {
+            let mut v: Vec<String> = integrator_args().into_iter().map(String::from).collect();
+            v.extend(["--host", "192.0.2.1"].map(String::from));
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v.extend(["--", "sleep", "1"].map(String::from));
+            v
+        };
+        for (what, stderr) in [
+            ("agent", run(agent(&[])).await),
+            ("integrator", run(integrator(&[])).await),
+        ] {
+            assert!(
+                stderr.contains("WARNING: serving on 192.0.2.1 WITHOUT AUTHENTICATION"),
+                "{what}: {stderr}"
+            );
+            assert!(
+                stderr.contains("--allow-unauthenticated"),
+                "{what}: {stderr}"
+            );
+            assert!(stderr.contains("cannot listen"), "{what}: {stderr}");
+        }
+        for (what, stderr) in [
+            ("agent", run(agent(&["--allow-unauthenticated"])).await),
+            ("agent", run(agent(&["--secret-file", &secret_file])).await),
+            (
+                "integrator",
+                run(integrator(&["--allow-unauthenticated"])).await,
+            ),
+            (
+                "integrator",
+                run(integrator(&["--secret-file", &secret_file])).await,
+            ),
+        ] {
+            assert!(!stderr.contains("WARNING"), "{what}: {stderr}");
+            assert!(stderr.contains("cannot listen"), "{what}: {stderr}");
+        }
     };
     tokio::time::timeout(TEST_TIMEOUT, work)
         .await
