@@ -25,6 +25,12 @@
 //! would join the experiment's batch system as a node and run the user jobs;
 //! here the user jobs wait behind a gate job that the driver opens when the
 //! first VM registers, and then run on this host.
+//!
+//! `--secret-file PATH` (or `RRPC_SECRET`) and `--tls-dir DIR` (from
+//! `rrpc-server --generate-certs DIR`) secure every connection of the run —
+//! the driver's, the VM-launch jobs' and the shutdown jobs' to the
+//! integrator, and the integrator's to the jobs' agents; `--secure` does the
+//! same with a throwaway secret and CA.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,12 +38,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use rrpc_client::security::{ClientSecurity, ClientSecurityArgs};
 use rrpc_client::{from_value, Function, Value};
 use rrpc_core::{Args, CallContext, Member, Namespace, Remote, RemoteError, Reply};
+use rrpc_server::security::{ServerSecurity, ServerSecurityArgs};
+use rrpc_server::tls::ClusterCerts;
 use tokio::sync::{mpsc, Notify};
 use vmctl::batch::{Batch, JobInfo, JobQuery, JobSpec, JobState, LocalBackend, LocalConfig};
 use vmctl::integrator::service::{Event, IntegratorService, ShutdownOutcome, Status};
 use vmctl::integrator::{Integrator, IntegratorConfig, Policy};
+
+/// How long connecting (TCP, TLS, handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Drive a VM fleet that follows a batch queue, on this machine.
 #[derive(Debug, Parser)]
@@ -66,6 +78,147 @@ struct Cli {
     /// Internal: run as a shutdown job of BLOCK against the integrator ADDR.
     #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "BLOCK"])]
     as_shutdown_job: Vec<String>,
+    /// File holding the shared secret that every connection proves (else
+    /// RRPC_SECRET, if set): the driver's, the VM-launch jobs' and the
+    /// shutdown jobs' connections to the integrator, and the integrator's
+    /// to the jobs' agents.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// Speak TLS on every connection, with the certificates `rrpc-server
+    /// --generate-certs DIR` makes: services present server.pem/server.key,
+    /// clients trust ca.pem.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Make a throwaway shared secret and cluster CA, and use both on every
+    /// connection (instead of --secret-file and --tls-dir).
+    #[arg(long, conflicts_with_all = ["secret_file", "tls_dir"])]
+    secure: bool,
+}
+
+/// The shared secret and TLS of every connection of the run.
+struct Security {
+    /// Where the secret came from, to hand on to the jobs (with RRPC_SECRET
+    /// alone, the jobs inherit the variable).
+    secret_file: Option<PathBuf>,
+    /// The certificates' directory.
+    tls_dir: Option<PathBuf>,
+    server: ServerSecurity,
+    client: ClientSecurity,
+    /// The throwaway keys of --secure, removed at the end.
+    throwaway: Option<PathBuf>,
+}
+
+impl Security {
+    fn load(cli: &Cli) -> Result<Security> {
+        let (secret_file, tls_dir, throwaway) = if cli.secure {
+            let dir =
+                std::env::temp_dir().join(format!("cluster-driver-{}-keys", std::process::id()));
+            let tls = dir.join("tls");
+            ClusterCerts::generate(&[])?
+                .write_to(&tls)
+                .with_context(|| format!("cannot write certificates to {}", tls.display()))?;
+            let file = dir.join("secret");
+            write_private(
+                &file,
+                &format!(
+                    "{:032x}{:032x}",
+                    rand::random::<u128>(),
+                    rand::random::<u128>()
+                ),
+            )?;
+            (Some(file), Some(tls), Some(dir))
+        } else {
+            let abs = |p: &Option<PathBuf>| p.as_ref().map(std::path::absolute).transpose();
+            (abs(&cli.secret_file)?, abs(&cli.tls_dir)?, None)
+        };
+        let server = ServerSecurityArgs {
+            secret_file: secret_file.clone(),
+            tls_cert: tls_dir.as_ref().map(|d| d.join("server.pem")),
+            tls_key: tls_dir.as_ref().map(|d| d.join("server.key")),
+            ..ServerSecurityArgs::default()
+        }
+        .load()?;
+        let client = ClientSecurityArgs {
+            secret_file: secret_file.clone(),
+            tls_ca: tls_dir.as_ref().map(|d| d.join("ca.pem")),
+            ..ClientSecurityArgs::default()
+        }
+        .load()?;
+        Ok(Security {
+            secret_file,
+            tls_dir,
+            server,
+            client,
+            throwaway,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match (&self.client.secret, &self.tls_dir) {
+            (Some(_), Some(dir)) => format!(
+                "every connection proves the shared secret and speaks TLS (certificates in {})",
+                dir.display()
+            ),
+            (Some(_), None) => "every connection proves the shared secret (no TLS)".into(),
+            (None, Some(dir)) => format!(
+                "every connection speaks TLS (certificates in {}; no shared secret)",
+                dir.display()
+            ),
+            (None, None) => "no shared secret, no TLS (loopback only)".into(),
+        }
+    }
+
+    /// The flags of this program run again as a stand-in job.
+    fn example_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(f) = &self.secret_file {
+            flags.extend(["--secret-file".into(), f.to_string_lossy().into_owned()]);
+        }
+        if let Some(d) = &self.tls_dir {
+            flags.extend(["--tls-dir".into(), d.to_string_lossy().into_owned()]);
+        }
+        flags
+    }
+
+    /// The flags of `vmctl launch-job` (serving its agent, registering)
+    /// or, without `serving`, of `vmctl shutdown-block`.
+    fn vmctl_flags(&self, serving: bool) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(f) = &self.secret_file {
+            flags.extend(["--secret-file".into(), f.to_string_lossy().into_owned()]);
+        }
+        if let Some(d) = &self.tls_dir {
+            let file = |name: &str| d.join(name).to_string_lossy().into_owned();
+            if serving {
+                flags.extend(["--tls-cert".into(), file("server.pem")]);
+                flags.extend(["--tls-key".into(), file("server.key")]);
+            }
+            flags.extend(["--tls-ca".into(), file("ca.pem")]);
+        }
+        flags
+    }
+}
+
+impl Drop for Security {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.throwaway {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[tokio::main]
@@ -78,14 +231,15 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let security = Security::load(&cli)?;
     if let Some(addr) = &cli.as_stand_in_launch_job {
-        return stand_in_launch_job(addr, cli.vms_per_node).await;
+        return stand_in_launch_job(addr, cli.vms_per_node, &security).await;
     }
     if let [addr, block] = cli.as_shutdown_job.as_slice() {
-        return shutdown_job(addr, block).await;
+        return shutdown_job(addr, block, &security.client).await;
     }
     let timeout = Duration::from_secs(cli.timeout);
-    tokio::time::timeout(timeout, drive(cli))
+    tokio::time::timeout(timeout, drive(cli, &security))
         .await
         .with_context(|| format!("the fleet did not settle within {timeout:?}"))?
 }
@@ -153,10 +307,11 @@ fn find_launcher(stand_in: bool) -> Result<(Launcher, String)> {
     }
 }
 
-async fn drive(cli: Cli) -> Result<()> {
+async fn drive(cli: Cli, security: &Security) -> Result<()> {
     let t0 = Instant::now();
     let (launcher, what) = find_launcher(cli.stand_in)?;
     println!("cluster_driver: the VM-launch job is the {what}");
+    println!("cluster_driver: {}", security.describe());
 
     // The experiment's queue and the cluster: two local queues. The
     // experiment runs at most as many jobs as there can be VMs.
@@ -175,7 +330,7 @@ async fn drive(cli: Cli) -> Result<()> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = probe.local_addr()?;
     drop(probe);
-    let launch_argv: Vec<String> = match &launcher {
+    let mut launch_argv: Vec<String> = match &launcher {
         Launcher::Real { vmctl, guest } => [
             vmctl.to_string_lossy().into_owned(),
             "launch-job".into(),
@@ -203,22 +358,35 @@ async fn drive(cli: Cli) -> Result<()> {
             addr.to_string(),
         ],
     };
+    // The secret file and the certificates, never the secret itself.
+    match &launcher {
+        Launcher::Real { .. } => launch_argv.extend(security.vmctl_flags(true)),
+        Launcher::StandIn { .. } => launch_argv.extend(security.example_flags()),
+    }
     let shutdown_argv: Vec<String> = match &launcher {
-        Launcher::Real { vmctl, .. } => vec![
-            vmctl.to_string_lossy().into_owned(),
-            "shutdown-block".into(),
-            "--integrator".into(),
-            addr.to_string(),
-            "--grace".into(),
-            "20".into(),
-            "{block}".into(),
-        ],
-        Launcher::StandIn { me } => vec![
-            me.to_string_lossy().into_owned(),
-            "--as-shutdown-job".into(),
-            addr.to_string(),
-            "{block}".into(),
-        ],
+        Launcher::Real { vmctl, .. } => [
+            vec![
+                vmctl.to_string_lossy().into_owned(),
+                "shutdown-block".into(),
+                "--integrator".into(),
+                addr.to_string(),
+                "--grace".into(),
+                "20".into(),
+            ],
+            security.vmctl_flags(false),
+            vec!["{block}".into()],
+        ]
+        .concat(),
+        Launcher::StandIn { me } => [
+            vec![me.to_string_lossy().into_owned()],
+            security.example_flags(),
+            vec![
+                "--as-shutdown-job".into(),
+                addr.to_string(),
+                "{block}".into(),
+            ],
+        ]
+        .concat(),
     };
     let mut config = IntegratorConfig::new(
         JobSpec::command("vmctl-launch", launch_argv)
@@ -232,7 +400,10 @@ async fn drive(cli: Cli) -> Result<()> {
     );
     config.shutdown_job = Some(JobSpec::command("vmctl-shutdown", shutdown_argv));
     let service = IntegratorService::new(Integrator::new(exp.clone(), cluster.clone(), config)?);
-    let server = rrpc_server::Server::new(service.root())
+    service.set_agent_security(security.client.clone());
+    let server = security
+        .server
+        .apply(rrpc_server::Server::new(service.root()))
         .bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?
@@ -240,7 +411,7 @@ async fn drive(cli: Cli) -> Result<()> {
     println!("cluster_driver: integrator service on {addr}");
 
     // Connect like any driver and subscribe to the decisions.
-    let conn = rrpc_client::connect(addr).await?;
+    let conn = security.client.connect(addr, CONNECT_TIMEOUT).await?;
     let integrator = conn.root().get("integrator").await?.into_proxy()?;
     let (tx, mut events) = mpsc::unbounded_channel::<Event>();
     let callback = Function::from_async("on_event", move |_cx, mut args| {
@@ -405,7 +576,7 @@ impl Remote for StandInNode {
 
 /// The stand-in VM-launch job: registers pretend VMs with the integrator,
 /// serves the pretend agent, and ends when it is powered down.
-async fn stand_in_launch_job(integrator_addr: &str, vms: u32) -> Result<()> {
+async fn stand_in_launch_job(integrator_addr: &str, vms: u32, security: &Security) -> Result<()> {
     let block = format!(
         "job-{}",
         std::env::var("BATCH_JOB_ID").unwrap_or_else(|_| std::process::id().to_string())
@@ -414,14 +585,19 @@ async fn stand_in_launch_job(integrator_addr: &str, vms: u32) -> Result<()> {
         vms,
         stopped: Notify::new(),
     });
-    let server = rrpc_server::Server::new(
-        Namespace::new("stand-in-agent").with("node", Value::Object(node.clone())),
-    )
-    .bind("127.0.0.1:0")
-    .await?;
+    let server = security
+        .server
+        .apply(rrpc_server::Server::new(
+            Namespace::new("stand-in-agent").with("node", Value::Object(node.clone())),
+        ))
+        .bind("127.0.0.1:0")
+        .await?;
     let agent_addr = server.local_addr();
     let server = server.spawn();
-    let conn = rrpc_client::connect(integrator_addr).await?;
+    let conn = security
+        .client
+        .connect(integrator_addr, CONNECT_TIMEOUT)
+        .await?;
     let integrator = conn.root().get("integrator").await?.into_proxy()?;
     integrator
         .call("register_agent", (block.clone(), agent_addr.to_string()))
@@ -444,8 +620,8 @@ async fn stand_in_launch_job(integrator_addr: &str, vms: u32) -> Result<()> {
 }
 
 /// The shutdown job of the stand-in mode (`vmctl shutdown-block`'s part).
-async fn shutdown_job(addr: &str, block: &str) -> Result<()> {
-    let conn = rrpc_client::connect(addr).await?;
+async fn shutdown_job(addr: &str, block: &str, security: &ClientSecurity) -> Result<()> {
+    let conn = security.connect(addr, CONNECT_TIMEOUT).await?;
     let integrator = conn.root().get("integrator").await?.into_proxy()?;
     let outcome: ShutdownOutcome =
         from_value(integrator.call("shutdown_block", (block, 20.0)).await?)?;

@@ -10,10 +10,11 @@
 //! for two cluster nodes (blocks 1 and 2), each booting the tiny test guest
 //! (`scripts/build-test-guest.sh`; `VMCTL_TEST_GUEST_DIR` overrides where it
 //! is). Agents given with `--connect` are `vmctl agent --guest-dir DIR`
-//! processes anywhere. Every VM is launched by reference, watched through a
-//! callback the agent calls back into this program, and powered down with
-//! the ACPI power button; the program fails unless each VM shut down
-//! gracefully.
+//! processes anywhere; `--secret-file` (or `RRPC_SECRET`) and `--tls-ca`
+//! reach agents that require the shared secret or serve TLS. Every VM is
+//! launched by reference, watched through a callback the agent calls back
+//! into this program, and powered down with the ACPI power button; the
+//! program fails unless each VM shut down gracefully.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use rrpc_client::security::ClientSecurityArgs;
 use rrpc_client::{from_value, to_value, Function, Proxy};
+use rrpc_server::security::ServerSecurity;
 use tokio::sync::mpsc;
 use vmctl::agent::report::{EndReport, How, PlanReport, ResourcesReport, StateEvent, VmInfo};
 use vmctl::agent::{serve, AgentConfig, LaunchSpec, NodeAgent};
@@ -43,6 +46,12 @@ struct Cli {
     /// Seconds each guest gets to react to the power button.
     #[arg(long, default_value_t = 30.0)]
     grace: f64,
+    /// The agents' shared secret and TLS (as for `rrpc`): `--secret-file`
+    /// or RRPC_SECRET (the in-process agents require it too), and
+    /// `--tls-ca`/`--tls-cert`/`--tls-key`/`--tls-name` for `--connect`
+    /// agents serving TLS.
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// How long a guest may take to boot (TCG on a busy machine).
@@ -66,6 +75,11 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     ensure!(cli.per_agent >= 1, "--per-agent must be at least 1");
+    ensure!(
+        cli.security.tls_ca.is_none() || !cli.agents.is_empty(),
+        "--tls-ca is for agents given with --connect (the in-process agents speak plain TCP)"
+    );
+    let security = cli.security.load()?;
 
     // 1. The agents: given, or two in-process ones standing in for two nodes.
     let mut local = Vec::new();
@@ -74,7 +88,12 @@ async fn main() -> Result<()> {
         let mut addrs = Vec::new();
         for block in [1, 2] {
             let agent = Arc::new(NodeAgent::new(AgentConfig::new(block).guest_dir(&guest))?);
-            let listening = serve::bind(Arc::clone(&agent), "127.0.0.1:0").await?;
+            // They require the secret the driver proves, if it has one.
+            let own = ServerSecurity {
+                secret: security.secret.clone(),
+                ..ServerSecurity::none()
+            };
+            let listening = serve::bind_secured(Arc::clone(&agent), "127.0.0.1:0", &own).await?;
             println!(
                 "started an in-process agent for block {block}: {} {}",
                 serve::READY_LINE,
@@ -91,7 +110,8 @@ async fn main() -> Result<()> {
     // 2. Connect to every node, look at it and plan.
     let mut nodes = Vec::new();
     for addr in &addrs {
-        let conn = rrpc_client::connect(addr.as_str())
+        let conn = security
+            .connect(addr.as_str(), Duration::from_secs(10))
             .await
             .with_context(|| format!("cannot connect to the agent at {addr}"))?;
         let node = conn.root().get("node").await?.into_proxy()?;

@@ -42,6 +42,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/examples/vm_driver"    # real QEMU: two in-process node agents, tiny guests
 "$bin/examples/cluster_driver"  # local queues, in-process integrator, real vmctl launch-job + QEMU
 "$bin/examples/cluster_driver" --stand-in --users 3  # the same with the named stand-in launch job
+"$bin/examples/cluster_driver" --stand-in --users 2 --secure  # every connection with a secret and TLS
 
 # The article's session against a separately started rrpc-server.
 say "classic_session against a running rrpc-server"

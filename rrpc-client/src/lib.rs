@@ -22,6 +22,7 @@ pub mod blocking;
 pub mod cli;
 mod connect;
 pub mod pool;
+pub mod security;
 pub mod tls;
 pub mod transfer;
 

@@ -43,6 +43,10 @@ pub const FLAG_AUTH: u16 = 1;
 /// Hello flag: the sender refuses the connection; a reason follows.
 pub const FLAG_REFUSED: u16 = 2;
 
+/// The environment variable servers and clients read the shared secret from
+/// when no secret file is given.
+pub const SECRET_ENV: &str = "RRPC_SECRET";
+
 /// Which end of the link this side is. Authentication proofs name the role,
 /// so one side's proof can never pass for the other's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,19 @@ impl Secret {
         match std::env::var_os(var) {
             None => Ok(None),
             Some(value) => Secret::new(value.into_encoded_bytes()).map(Some),
+        }
+    }
+
+    /// The secret a command line asks for: read from `file` when one is
+    /// given, else from [`SECRET_ENV`] if it is set, else none. (Never from
+    /// an argument: `ps` would show it.)
+    pub fn from_file_or_env(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error> {
+        match file {
+            Some(path) => Secret::from_file(path).map(Some),
+            None => Secret::from_env(SECRET_ENV).map_err(|e| match e {
+                Error::AuthFailed(why) => Error::AuthFailed(format!("{SECRET_ENV}: {why}")),
+                other => other,
+            }),
         }
     }
 

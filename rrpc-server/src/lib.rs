@@ -22,6 +22,7 @@
 //! ```
 
 pub mod demo;
+pub mod security;
 mod server;
 pub mod services;
 pub mod tls;

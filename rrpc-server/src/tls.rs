@@ -100,6 +100,11 @@ impl TlsServer {
         TlsServer::from_pem(&read(cert_chain)?, &read(key)?, ca.as_deref())
     }
 
+    /// True when clients must present a certificate signed by the CA given.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.mutual
+    }
+
     pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }

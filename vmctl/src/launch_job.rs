@@ -19,6 +19,7 @@ use crate::agent::report::{EndReport, How, PlanReport};
 use crate::agent::serve::{self, StopSignal};
 use crate::agent::{AgentConfig, AgentError, LaunchSpec, NodeAgent, VmEntry};
 use crate::plan::VmSize;
+use crate::security::ClientSecurity;
 use crate::walltime;
 
 /// Errors that stop the job before any VM ran.
@@ -60,6 +61,8 @@ pub struct JobConfig {
     pub listen: String,
     /// The agent server's connection settings (shared secret, limits).
     pub server: rrpc_core::Config,
+    /// Serve the agent over TLS (default: plain TCP).
+    pub tls: Option<rrpc_server::tls::TlsServer>,
     /// The agent (block, guest directory, reserve, …).
     pub agent: AgentConfig,
     /// What each VM boots (cpus and memory are set from the plan).
@@ -76,6 +79,8 @@ pub struct Registration {
     pub integrator: String,
     /// The block's name there (letters, digits, `.`, `_`, `-`).
     pub block: String,
+    /// The secret and TLS with which to reach it.
+    pub security: ClientSecurity,
 }
 
 impl Registration {
@@ -107,12 +112,19 @@ impl Registration {
 
 /// Connects to the integrator and returns its `integrator` object.
 async fn integrator_proxy(
-    addr: &str,
+    reg: &Registration,
 ) -> Result<(rrpc_client::Connection, rrpc_core::Proxy), String> {
-    let conn = tokio::time::timeout(Duration::from_secs(10), rrpc_client::connect(addr))
+    let addr = reg.integrator.as_str();
+    let conn = reg
+        .security
+        .connect(addr, Duration::from_secs(10))
         .await
-        .map_err(|_| format!("connecting to the integrator at {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to the integrator at {addr}: {e}"))?;
+        .map_err(|e| match e {
+            rrpc_core::Error::Timeout(_) => {
+                format!("connecting to the integrator at {addr} timed out")
+            }
+            e => format!("cannot connect to the integrator at {addr}: {e}"),
+        })?;
     let proxy = conn
         .root()
         .get("integrator")
@@ -127,7 +139,7 @@ async fn integrator_proxy(
 /// logged: the VMs run on without the integrator.
 async fn register(reg: Registration, agent: SocketAddr, entries: Vec<Arc<VmEntry>>) {
     let result = async {
-        let (conn, integrator) = integrator_proxy(&reg.integrator).await?;
+        let (conn, integrator) = integrator_proxy(&reg).await?;
         integrator
             .call("register_agent", (reg.block.clone(), agent.to_string()))
             .await
@@ -168,7 +180,7 @@ async fn register(reg: Registration, agent: SocketAddr, entries: Vec<Arc<VmEntry
 /// Tells the integrator the block is gone.
 async fn unregister(reg: &Registration) {
     let result = async {
-        let (conn, integrator) = integrator_proxy(&reg.integrator).await?;
+        let (conn, integrator) = integrator_proxy(reg).await?;
         let r = integrator
             .call("unregister_block", (reg.block.clone(),))
             .await
@@ -336,16 +348,17 @@ pub async fn run(
         None => plan.memory_per_vm_mib,
     };
 
-    let listening = serve::bind_with(
-        Arc::clone(&agent),
-        config.listen.as_str(),
-        config.server.clone(),
-    )
-    .await
-    .map_err(|source| JobError::Bind {
-        addr: config.listen.clone(),
-        source,
-    })?;
+    let mut server = serve::server(Arc::clone(&agent)).with_config(config.server.clone());
+    if let Some(tls) = &config.tls {
+        server = server.with_tls(tls.clone());
+    }
+    let listening = server
+        .bind(config.listen.as_str())
+        .await
+        .map_err(|source| JobError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
     let addr = listening.local_addr();
     let server = listening.spawn();
 

@@ -33,6 +33,7 @@ pub mod net;
 pub mod plan;
 pub mod qemu;
 pub mod qmp;
+pub mod security;
 pub mod tapnet;
 pub mod task;
 pub mod vm;

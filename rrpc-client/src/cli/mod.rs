@@ -28,22 +28,8 @@ pub struct Cli {
     /// Seconds to wait for a server to accept a connection.
     #[arg(long, global = true, default_value_t = 5.0)]
     pub connect_timeout: f64,
-    /// File holding the servers' shared secret (or set RRPC_SECRET; never
-    /// pass a secret on the command line, where `ps` shows it).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub secret_file: Option<PathBuf>,
-    /// Speak TLS, trusting this CA certificate (PEM).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for servers that require one; needs --tls-key.
-    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Name to check on the server's certificate (default: its address).
-    #[arg(long, global = true, value_name = "NAME")]
-    pub tls_name: Option<String>,
+    #[command(flatten)]
+    pub security: crate::security::ClientSecurityArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -131,7 +117,7 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let connect_timeout = seconds(cli.connect_timeout, "--connect-timeout")?;
     // Set once per process, before any connection is made.
-    let _ = SECURITY.set(Security::from_cli(&cli)?);
+    let _ = SECURITY.set(cli.security.load()?);
     match cli.command {
         Command::Ls { addr, path } => {
             inspect::ls(&addr, path.as_deref(), connect_timeout).await?;
@@ -191,51 +177,18 @@ pub fn with_port(addr: &str) -> String {
     }
 }
 
-/// How every connection of this process authenticates.
-#[derive(Debug, Default)]
-struct Security {
-    secret: Option<rrpc_core::handshake::Secret>,
-    tls: Option<crate::tls::TlsClient>,
-}
-
-static SECURITY: std::sync::OnceLock<Security> = std::sync::OnceLock::new();
-
-impl Security {
-    fn from_cli(cli: &Cli) -> Result<Security, CliError> {
-        let secret = match &cli.secret_file {
-            Some(path) => Some(rrpc_core::handshake::Secret::from_file(path)?),
-            None => rrpc_core::handshake::Secret::from_env("RRPC_SECRET")?,
-        };
-        let tls = match &cli.tls_ca {
-            Some(ca) => {
-                let identity = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
-                let tls = crate::tls::TlsClient::from_pem_files(ca, identity)?;
-                Some(match &cli.tls_name {
-                    Some(name) => tls.server_name(name.clone()),
-                    None => tls,
-                })
-            }
-            None => None,
-        };
-        Ok(Security { secret, tls })
-    }
-}
+/// How every connection of this process authenticates, from the command
+/// line (set once per process, before any connection is made).
+static SECURITY: std::sync::OnceLock<crate::security::ClientSecurity> = std::sync::OnceLock::new();
 
 /// The connect options of every connection of this process: the secret and
 /// TLS settings from the command line, `timeout` for the TCP connection and
 /// for each handshake (rrpc's and TLS's).
 fn connect_options(timeout: Duration) -> crate::ConnectOptions {
-    let mut options = crate::ConnectOptions::default().connect_timeout(timeout);
-    options.config = options.config.with_handshake_timeout(timeout);
-    if let Some(security) = SECURITY.get() {
-        if let Some(secret) = &security.secret {
-            options.config = options.config.with_secret(secret.clone());
-        }
-        if let Some(tls) = &security.tls {
-            options = options.tls(tls.clone());
-        }
+    match SECURITY.get() {
+        Some(security) => security.connect_options(timeout),
+        None => crate::security::ClientSecurity::none().connect_options(timeout),
     }
-    options
 }
 
 /// Connects (TCP, TLS if configured, handshake) within `timeout`.

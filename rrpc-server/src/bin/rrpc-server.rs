@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rrpc_core::handshake::Secret;
 use rrpc_core::Config;
+use rrpc_server::security::ServerSecurityArgs;
 use rrpc_server::services::{stock_root, Service, ToolboxOptions};
-use rrpc_server::tls::{ClusterCerts, TlsServer};
+use rrpc_server::tls::ClusterCerts;
 use rrpc_server::Server;
 
 /// Serve rrpc objects on this host (like RPyC's `rpyc_classic`).
@@ -29,15 +29,9 @@ struct Cli {
     /// Seconds an in-flight call may take to finish at shutdown.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
-    /// File holding the shared secret clients must prove they know. The
-    /// secret can also come from the RRPC_SECRET environment variable; it is
-    /// never taken from the command line, where `ps` would show it.
-    #[arg(long, value_name = "PATH")]
-    secret_file: Option<std::path::PathBuf>,
-    /// Serve a non-loopback address without authentication, deliberately
-    /// (silences the warning).
-    #[arg(long)]
-    allow_unauthenticated: bool,
+    /// The shared secret and TLS.
+    #[command(flatten)]
+    security: ServerSecurityArgs,
     /// Most connections served at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -51,15 +45,6 @@ struct Cli {
     /// pings are sent after a third of it).
     #[arg(long, default_value_t = 30.0)]
     keepalive_timeout: f64,
-    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Require client certificates signed by this CA (PEM).
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    tls_client_ca: Option<std::path::PathBuf>,
     /// Generate a cluster CA plus server and client certificates into DIR
     /// (ca.pem, server.pem/.key, client.pem/.key), then exit.
     #[arg(long, value_name = "DIR")]
@@ -138,16 +123,8 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|e| format!("bad --{flag} {value}: {e}"))
 }
 
-fn load_secret(cli: &Cli) -> Result<Option<Secret>, String> {
-    if let Some(path) = &cli.secret_file {
-        return Secret::from_file(path).map(Some).map_err(|e| e.to_string());
-    }
-    Secret::from_env("RRPC_SECRET").map_err(|e| format!("RRPC_SECRET: {e}"))
-}
-
 fn config(cli: &Cli) -> Result<Config, String> {
     let mut config = Config::default().with_max_frame_len(cli.max_frame);
-    config.secret = load_secret(cli)?;
     let keepalive = seconds("keepalive-timeout", cli.keepalive_timeout)?;
     config = config.with_keepalive(Some(keepalive / 3), keepalive);
     if cli.idle_timeout > 0.0 {
@@ -177,23 +154,12 @@ fn generate_certs(dir: &std::path::Path, names: &[String]) -> ExitCode {
     }
 }
 
-fn tls(cli: &Cli) -> Result<Option<TlsServer>, String> {
-    match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => {
-            TlsServer::from_pem_files(cert, key, cli.tls_client_ca.as_deref())
-                .map(Some)
-                .map_err(|e| e.to_string())
-        }
-        _ => Ok(None),
-    }
-}
-
 async fn run(cli: Cli) -> ExitCode {
     if let Some(dir) = &cli.generate_certs {
         return generate_certs(dir, &cli.cert_names);
     }
-    let tls = match tls(&cli) {
-        Ok(t) => t,
+    let security = match cli.security.load() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("rrpc-server: {e}");
             return ExitCode::FAILURE;
@@ -206,15 +172,9 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if config.secret.is_some() {
-        tracing::info!("clients must prove the shared secret");
-    } else if !cli.host.is_loopback() && !cli.allow_unauthenticated {
-        tracing::warn!(
-            "serving on {} WITHOUT AUTHENTICATION: anyone who can reach this address can use \
-             every exported object with this user's rights. Set a secret (--secret-file or \
-             RRPC_SECRET), or pass --allow-unauthenticated on an isolated network.",
-            cli.host
-        );
+    tracing::info!("{}", security.describe());
+    if let Some(warning) = security.open_warning(cli.host, "use every exported object") {
+        tracing::warn!("{warning}");
     }
     let options = cli.toolbox();
     let root = match stock_root(&options) {
@@ -231,17 +191,12 @@ async fn run(cli: Cli) -> ExitCode {
         read_only = options.read_only,
         "toolbox"
     );
-    let server = Server::new(root)
-        .with_config(config)
-        .with_connection_limits(cli.max_connections, cli.max_connections_per_peer)
-        .with_shutdown_grace(grace);
-    let server = match tls {
-        Some(tls) => {
-            tracing::info!("serving TLS only");
-            server.with_tls(tls)
-        }
-        None => server,
-    };
+    let server = security.apply(
+        Server::new(root)
+            .with_config(config)
+            .with_connection_limits(cli.max_connections, cli.max_connections_per_peer)
+            .with_shutdown_grace(grace),
+    );
     let listening = match server.bind((cli.host, cli.port)).await {
         Ok(l) => l,
         Err(e) => {

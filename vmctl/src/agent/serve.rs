@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rrpc_core::{Config, Namespace, Value};
+use rrpc_server::security::ServerSecurity;
 use rrpc_server::{Listening, Server};
 use tokio::net::ToSocketAddrs;
 
@@ -31,11 +32,22 @@ pub async fn bind_with(
     addr: impl ToSocketAddrs,
     config: Config,
 ) -> std::io::Result<Listening> {
-    Server::new(root(agent))
-        .with_config(config)
-        .with_shutdown_grace(Duration::from_secs(5))
-        .bind(addr)
-        .await
+    server(agent).with_config(config).bind(addr).await
+}
+
+/// Like [`bind`], protected as `security` says: the shared secret clients
+/// must prove, and TLS.
+pub async fn bind_secured(
+    agent: Arc<NodeAgent>,
+    addr: impl ToSocketAddrs,
+    security: &ServerSecurity,
+) -> std::io::Result<Listening> {
+    security.apply(server(agent)).bind(addr).await
+}
+
+/// The agent's server, not bound yet (to set more options first).
+pub fn server(agent: Arc<NodeAgent>) -> Server {
+    Server::new(root(agent)).with_shutdown_grace(Duration::from_secs(5))
 }
 
 /// A power-down policy that fits in `total`: the power button gets 60 %, then

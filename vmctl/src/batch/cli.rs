@@ -13,6 +13,7 @@ use super::{
     SqueueFormat, StageDir,
 };
 use crate::integrator::{Integrator, IntegratorConfig, Policy};
+use crate::security::{ClientSecurityArgs, ServiceSecurityArgs};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -409,19 +410,32 @@ pub struct ServeCommand {
     /// Run cycles only when asked (`run_cycle`), not periodically.
     #[arg(long)]
     manual: bool,
+    /// The shared secret and TLS: how the service is reached, and how it
+    /// reaches the node agents.
+    #[command(flatten)]
+    security: ServiceSecurityArgs,
 }
 
 /// Runs `vmctl integrator …` until SIGINT/SIGTERM: serves the `integrator`
 /// object, prints the ready line, and cycles every jittered period.
 pub async fn run_serve(cmd: ServeCommand) -> CliResult {
     use crate::integrator::service::{IntegratorService, READY_LINE};
-    if !cmd.host.is_loopback() {
-        eprintln!(
-            "vmctl: WARNING: serving the integrator on {} without authentication: anyone who \
-             can reach it can register VMs and shut blocks down",
-            cmd.host
-        );
+    let security = cmd.security.load()?;
+    if !cmd.no_shutdown {
+        if let Some(why) = cmd.security.unreachable_by_own_clients() {
+            return Err(format!(
+                "the shutdown jobs could not reach this integrator: {why} (or pass \
+                 --no-shutdown)"
+            )
+            .into());
+        }
     }
+    crate::security::warn_if_open(
+        &security.server,
+        cmd.host,
+        "register VMs and shut VM blocks down",
+    );
+    tracing::info!("integrator: {}", security.server.describe());
     let grace = Duration::try_from_secs_f64(cmd.shutdown_grace)
         .map_err(|e| format!("bad --shutdown-grace {}: {e}", cmd.shutdown_grace))?;
     let (exp, cluster, mut config) = cmd.args.build()?;
@@ -431,8 +445,10 @@ pub async fn run_serve(cmd: ServeCommand) -> CliResult {
     let exp_queue = config.exp_queue.clone();
     config.shutdown_job = None;
     let service = IntegratorService::new(Integrator::new(exp, cluster, config)?);
-    let listening = rrpc_server::Server::new(service.root())
-        .with_shutdown_grace(Duration::from_secs(5))
+    service.set_agent_security(security.client.clone());
+    let listening = security
+        .server
+        .apply(rrpc_server::Server::new(service.root()).with_shutdown_grace(Duration::from_secs(5)))
         .bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -441,19 +457,24 @@ pub async fn run_serve(cmd: ServeCommand) -> CliResult {
         // The shutdown job calls this service back, so it is set once bound.
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the vmctl binary for the shutdown job: {e}"))?;
-        let mut job = JobSpec::command(
-            "vmctl-shutdown",
-            [
-                exe.to_string_lossy().into_owned(),
-                "shutdown-block".into(),
-                "--integrator".into(),
-                addr.to_string(),
-                "--grace".into(),
-                grace.as_secs_f64().to_string(),
-                "{block}".into(),
-            ],
-        )
-        .wall_time(grace + Duration::from_secs(120));
+        let mut argv: Vec<String> = vec![
+            exe.to_string_lossy().into_owned(),
+            "shutdown-block".into(),
+            "--integrator".into(),
+            addr.to_string(),
+            "--grace".into(),
+            grace.as_secs_f64().to_string(),
+        ];
+        // The secret file and the TLS files, never the secret itself.
+        for flag in cmd.security.client_flags()? {
+            argv.push(
+                flag.into_string()
+                    .map_err(|f| format!("{} is not UTF-8", f.to_string_lossy()))?,
+            );
+        }
+        argv.push("{block}".into());
+        let mut job =
+            JobSpec::command("vmctl-shutdown", argv).wall_time(grace + Duration::from_secs(120));
         job.queue = exp_queue;
         service.set_shutdown_job(Some(job)).await?;
     }
@@ -485,12 +506,17 @@ pub struct ShutdownBlockCommand {
     grace: f64,
     /// The block to shut down.
     block: String,
+    /// The integrator's shared secret and TLS.
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Runs `vmctl shutdown-block`: asks the integrator to power the block down
 /// (it drops the request if a user job got there first; that is no error).
 pub async fn run_shutdown_block(cmd: ShutdownBlockCommand) -> CliResult {
-    let conn = rrpc_client::connect(cmd.integrator.as_str())
+    let security = cmd.security.load()?;
+    let conn = security
+        .connect(cmd.integrator.as_str(), Duration::from_secs(30))
         .await
         .map_err(|e| {
             format!(

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use vmctl::agent::{serve, AgentConfig, LaunchSpec, NodeAgent};
 use vmctl::launch_job::{self, JobConfig, Registration};
 use vmctl::plan::{NodeResources, PlanRequest, VmSize};
+use vmctl::security::{PeerTlsArgs, ServerSecurity, ServerSecurityArgs};
 
 /// Run KVM/QEMU virtual machines as batch jobs.
 #[derive(Debug, Parser)]
@@ -84,35 +85,20 @@ struct AgentArgs {
     /// Fraction of the node's memory kept for the host.
     #[arg(long, default_value_t = vmctl::plan::DEFAULT_RESERVE)]
     reserve: f64,
-    /// File holding the shared secret clients must prove they know (also
-    /// from the RRPC_SECRET environment variable; never on the command line).
-    #[arg(long, value_name = "PATH")]
-    secret_file: Option<PathBuf>,
+    /// The shared secret clients must prove (--secret-file or RRPC_SECRET)
+    /// and TLS (--tls-cert, --tls-key, --tls-client-ca).
+    #[command(flatten)]
+    security: ServerSecurityArgs,
 }
 
 impl AgentArgs {
-    fn server_config(&self) -> Result<rrpc_core::Config, String> {
-        let secret = match &self.secret_file {
-            Some(path) => {
-                Some(rrpc_core::handshake::Secret::from_file(path).map_err(|e| e.to_string())?)
-            }
-            None => rrpc_core::handshake::Secret::from_env("RRPC_SECRET")
-                .map_err(|e| format!("RRPC_SECRET: {e}"))?,
-        };
-        let mut config = rrpc_core::Config::default();
-        config.secret = secret;
-        Ok(config)
-    }
-
-    /// Warns when the agent is reachable from the network without a secret.
-    fn warn_if_open(&self, config: &rrpc_core::Config) {
-        if !self.host.is_loopback() && config.secret.is_none() {
-            eprintln!(
-                "vmctl: WARNING: serving {} without authentication: anyone who can reach it \
-                 can start and stop VMs (set RRPC_SECRET or --secret-file)",
-                self.host
-            );
-        }
+    /// Reads the secret and the TLS files, and warns loudly when the agent
+    /// would be reachable from the network without authentication.
+    fn security(&self) -> Result<ServerSecurity, Error> {
+        let security = self.security.load()?;
+        vmctl::security::warn_if_open(&security, self.host, "start and stop VMs");
+        tracing::info!("agent: {}", security.describe());
+        Ok(security)
     }
 
     fn config(&self) -> Result<AgentConfig, String> {
@@ -195,6 +181,10 @@ struct LaunchJobArgs {
     /// block-N).
     #[arg(long, requires = "register")]
     register_as: Option<String>,
+    /// How to reach the integrator (--register): over TLS with --tls-ca;
+    /// the shared secret is the agent's own.
+    #[command(flatten)]
+    peers: PeerTlsArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -290,11 +280,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
             let config = agent.config()?;
             let grace = seconds("grace", grace)?;
             let listen = agent.listen();
-            let server = agent.server_config()?;
-            agent.warn_if_open(&server);
+            let security = agent.security()?;
             runtime()?.block_on(async move {
                 let node = Arc::new(NodeAgent::new(config)?);
-                let listening = serve::bind_with(Arc::clone(&node), listen.as_str(), server)
+                let listening = serve::bind_secured(Arc::clone(&node), listen.as_str(), &security)
                     .await
                     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
                 ready_line(listening.local_addr());
@@ -325,6 +314,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
             if vm.kernel.is_none() && vm.image.is_none() && args.agent.guest_dir.is_none() {
                 return Err("give --kernel (with --initrd), --image or --guest-dir".into());
             }
+            let security = args.agent.security()?;
+            let mut server = rrpc_core::Config::default();
+            server.secret = security.secret.clone();
+            let peers = args.peers.client(security.secret.clone())?;
             let config = JobConfig {
                 size,
                 vm_mem_mib: args.vm_cpus.and(args.vm_mem),
@@ -335,7 +328,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
                     .transpose()?,
                 grace: seconds("grace", args.grace)?,
                 listen: args.agent.listen(),
-                server: args.agent.server_config()?,
+                server,
+                tls: security.tls.clone(),
                 agent: args.agent.config()?,
                 vm,
                 register: args.register.clone().map(|integrator| Registration {
@@ -344,9 +338,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
                         .register_as
                         .clone()
                         .unwrap_or_else(|| Registration::default_block(args.agent.block)),
+                    security: peers,
                 }),
             };
-            args.agent.warn_if_open(&config.server);
             runtime()?.block_on(async move {
                 let summary = launch_job::run(config, serve::shutdown_signal(), ready_line).await?;
                 print!("{}", summary.render());

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use super::{jitter, BlockStatus, CycleReport, Fleet, Integrator, Observation, Policy};
 use crate::batch::{Batch, BatchError};
+use crate::security::ClientSecurity;
 use crate::task::AbortOnDrop;
 
 /// The prefix of the line `vmctl integrator` prints once it accepts connections.
@@ -277,6 +278,7 @@ pub struct IntegratorService<E, C> {
     shared: Mutex<Shared>,
     subscribers: Mutex<Vec<Subscriber>>,
     looping: Mutex<Option<AbortOnDrop>>,
+    agent_security: Mutex<ClientSecurity>,
 }
 
 impl<E, C> std::fmt::Debug for IntegratorService<E, C> {
@@ -306,7 +308,14 @@ impl<E: Batch + 'static, C: Batch + 'static> IntegratorService<E, C> {
             shared: Mutex::new(Shared::default()),
             subscribers: Mutex::new(Vec::new()),
             looping: Mutex::new(None),
+            agent_security: Mutex::new(ClientSecurity::none()),
         })
+    }
+
+    /// How the service connects to the node agents to power blocks down:
+    /// the shared secret it proves and the TLS it speaks (default: none).
+    pub fn set_agent_security(&self, security: ClientSecurity) {
+        *lock(&self.agent_security) = security;
     }
 
     /// The server root: a namespace exporting the service as `integrator`.
@@ -491,7 +500,8 @@ impl<E: Batch + 'static, C: Batch + 'static> IntegratorService<E, C> {
                 "dropped: a user job got there first ({busy} VM(s) busy)"
             ));
         }
-        match power_down(&agent, grace).await {
+        let security = lock(&self.agent_security).clone();
+        match power_down(&agent, grace, &security).await {
             Ok(n) => {
                 self.registry.note_shutdown(block);
                 ShutdownOutcome {
@@ -601,11 +611,26 @@ enum PowerDownError {
 }
 
 /// Powers every VM of the agent at `addr` down; returns how many.
-async fn power_down(addr: &str, grace: Duration) -> Result<usize, PowerDownError> {
-    let conn = tokio::time::timeout(Duration::from_secs(10), rrpc_client::connect(addr))
-        .await
-        .map_err(|_| PowerDownError::Unreachable("connecting timed out".to_owned()))?
-        .map_err(|e| PowerDownError::Unreachable(format!("cannot connect: {e}")))?;
+async fn power_down(
+    addr: &str,
+    grace: Duration,
+    security: &ClientSecurity,
+) -> Result<usize, PowerDownError> {
+    let conn = match security.connect(addr, Duration::from_secs(10)).await {
+        Ok(conn) => conn,
+        Err(rrpc_core::Error::Timeout(_)) => {
+            return Err(PowerDownError::Unreachable(
+                "connecting timed out".to_owned(),
+            ))
+        }
+        Err(e @ rrpc_core::Error::Io(_)) => {
+            return Err(PowerDownError::Unreachable(format!("cannot connect: {e}")))
+        }
+        // Something answers there: a secret or TLS set-up that does not
+        // match the agent's is an error to fix, not a vanished agent, so
+        // the block is kept.
+        Err(e) => return Err(PowerDownError::Failed(format!("cannot connect: {e}"))),
+    };
     let result = async {
         let node = conn
             .root()
