@@ -348,7 +348,7 @@ impl Shared {
             return; // nobody to tell
         }
         with_scratch(|frames| match self.encode_reply_into(id, &result, frames) {
-            Ok(()) => self.outbox.push(frames),
+            Ok(()) => self.send(frames, super::INLINE_MIN),
             Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
         });
     }

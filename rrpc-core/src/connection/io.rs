@@ -1,12 +1,11 @@
 //! The reader and writer tasks.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use std::io::IoSlice;
-
 use futures::FutureExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::error::Error;
@@ -14,13 +13,13 @@ use crate::wire::{self, DecodeLimits, Message};
 
 use super::framing::FrameReader;
 use super::outbox::Frames;
+use super::sink::Sink;
 use super::Shared;
 
 /// Replies answered inline are batched up to this size before they join the
 /// outbox.
 const COALESCE_BYTES: usize = 64 * 1024;
-/// Most chunks given to one vectored write.
-const MAX_IOV: usize = 64;
+
 /// At most this many (id, count) pairs go in one release message.
 const RELEASES_PER_MESSAGE: usize = 4096;
 /// How long the last frames (a goodbye) may take to leave once closing.
@@ -74,7 +73,8 @@ where
                 if shared.closed.is_cancelled() {
                     break;
                 }
-                shared.outbox.push(&mut replies);
+                // Written from here, at once: no hand-off to the writer.
+                shared.send(&mut replies, 0);
             }
         }
         // The reader owns nothing else; dropping the stream half is enough.
@@ -145,106 +145,99 @@ fn protocol_violation(shared: &Shared, why: &str) {
     );
 }
 
-pub(super) async fn write_loop<W>(shared: Arc<Shared>, mut writer: W)
-where
-    W: AsyncWrite + Send + Unpin + 'static,
-{
-    let mut frames = Frames::default();
+/// The writer task: writes what producers queued and did not write
+/// themselves, control messages, and what a full socket held back.
+pub(super) async fn write_loop(shared: Arc<Shared>) {
+    let mut control = Frames::default();
+    let mut closing = false;
     loop {
-        shared.outbox.take(&mut frames);
-        if frames.is_empty() {
-            // Nothing queued: wait for a producer, a control message or the end.
+        if !closing {
             tokio::select! {
                 biased;
                 _ = shared.outbox.work() => {}
                 _ = shared.closed.cancelled() => {}
             }
-            shared.outbox.take(&mut frames);
-        }
-        // Closed meanwhile: write what is queued (a goodbye) as the last flush.
-        let closing = shared.closed.is_cancelled();
-        if !closing {
-            shared.drain_control(&mut frames);
-        }
-        if !frames.is_empty() {
-            let written = if closing {
-                tokio::time::timeout(FINAL_FLUSH, write_frames(&mut writer, &frames))
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-            } else {
-                tokio::select! {
-                    r = write_frames(&mut writer, &frames) => r,
-                    // Closed while the peer was not reading: give up on the rest.
-                    _ = shared.closed.cancelled() => Err(std::io::ErrorKind::BrokenPipe.into()),
-                }
-            };
-            if let Err(e) = written {
-                shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
-                break;
+            closing = shared.closed.is_cancelled();
+            if !closing {
+                shared.drain_control(&mut control);
+                shared.outbox.push_quietly(&mut control);
             }
-            frames.clear();
+        }
+        let drive = std::future::poll_fn(|cx| shared.lock_sink().poll_drive(&shared.outbox, cx));
+        let written = if closing {
+            // What is queued (a goodbye) goes out as the last flush, if the
+            // peer reads it soon enough.
+            tokio::time::timeout(FINAL_FLUSH, drive)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        } else {
+            tokio::select! {
+                r = drive => r,
+                _ = shared.closed.cancelled() => {
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        if let Err(e) = written {
+            shared.close(Error::ConnectionLost(format!("write failed: {e}").into()));
+            break;
         }
         if closing {
             break;
         }
     }
-    let _ = tokio::time::timeout(FINAL_FLUSH, writer.shutdown()).await;
+    let io = shared.lock_sink().take_io();
+    if let Some(mut io) = io {
+        let _ = tokio::time::timeout(FINAL_FLUSH, io.shutdown()).await;
+    }
 }
 
-/// Writes every chunk of `frames`, several per system call where the
-/// stream takes vectored writes, then flushes.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    frames: &Frames,
-) -> std::io::Result<()> {
-    let chunks = frames.chunks();
-    if chunks.len() == 1 || !writer.is_write_vectored() {
-        for chunk in chunks {
-            writer.write_all(chunk.as_slice()).await?;
-        }
-        return writer.flush().await;
+impl Shared {
+    fn lock_sink(&self) -> std::sync::MutexGuard<'_, Sink> {
+        // Nothing in the sink panics while it is locked; were it poisoned,
+        // its state would still be consistent (a poll either wrote or not).
+        self.sink.lock().unwrap_or_else(|p| p.into_inner())
     }
-    // The first chunk not fully written, and how much of it was.
-    let (mut at, mut offset) = (0, 0);
-    while at < chunks.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut n = 0;
-        for (i, chunk) in chunks[at..].iter().enumerate() {
-            if n == MAX_IOV {
-                break;
-            }
-            let bytes = chunk.as_slice();
-            let bytes = if i == 0 { &bytes[offset..] } else { bytes };
-            if !bytes.is_empty() {
-                slices[n] = IoSlice::new(bytes);
-                n += 1;
-            }
+
+    /// Queues `frames` and, when at least `inline_min` bytes are queued and
+    /// the writer is idle, writes them from here (see [`super::sink`]);
+    /// otherwise the writer task is woken if it waits.
+    pub(super) fn send(&self, frames: &mut Frames, inline_min: usize) {
+        let pushed = self.outbox.push_quietly(frames);
+        if pushed.queued >= inline_min && self.write_inline() {
+            return;
         }
-        if n == 0 {
-            break;
-        }
-        let mut written = writer.write_vectored(&slices[..n]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 && at < chunks.len() {
-            let left = chunks[at].as_slice().len() - offset;
-            if written >= left {
-                written -= left;
-                at += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
-        }
-        // Skip chunks left empty.
-        while at < chunks.len() && chunks[at].as_slice().len() == offset {
-            at += 1;
-            offset = 0;
+        if pushed.wake {
+            self.outbox.nudge();
         }
     }
-    writer.flush().await
+
+    /// Writes what is queued from the calling thread; false when the
+    /// writer task has the socket (busy, or waiting for it to drain).
+    fn write_inline(&self) -> bool {
+        let mut sink = match self.sink.try_lock() {
+            Ok(sink) => sink,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        if !sink.is_free() || self.closed.is_cancelled() {
+            return false;
+        }
+        match sink.poll_drive_inline(&self.outbox) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                drop(sink);
+                self.close(Error::ConnectionLost(format!("write failed: {e}").into()));
+            }
+            // The socket is full: the writer task waits for it to drain.
+            Poll::Pending => {
+                drop(sink);
+                self.outbox.nudge();
+            }
+        }
+        true
+    }
 }
 
 impl Shared {

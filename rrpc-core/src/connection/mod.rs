@@ -12,6 +12,7 @@ mod dispatch;
 mod framing;
 mod io;
 mod outbox;
+mod sink;
 mod timers;
 
 use std::any::{Any, TypeId};
@@ -46,6 +47,10 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a draining side tells its peer when it closes.
 pub(crate) const SHUTTING_DOWN: &str = "the server is shutting down";
+
+/// Calls and replies sent one by one are written by their producer, not
+/// the writer task, once this many bytes are queued (see [`sink`]).
+const INLINE_MIN: usize = 8 * 1024;
 
 /// Releases waiting for the writer beyond which the peer is deemed not to
 /// read (each entry is 16 bytes: this bounds the backlog to 16 MiB).
@@ -134,6 +139,8 @@ pub(crate) struct Shared {
     peer_max_frame: usize,
     /// Frames waiting for the writer.
     outbox: Outbox,
+    /// The socket's write half.
+    sink: Mutex<sink::Sink>,
     control: Mutex<Control>,
     pending: DashMap<u64, Waiter>,
     /// The earliest deadline of a pending call (milliseconds since the
@@ -207,6 +214,7 @@ impl Connection {
             peer,
             peer_max_frame: hello.max_frame_len,
             outbox: Outbox::new(config.max_write_buffer),
+            sink: Mutex::new(sink::Sink::new(Box::new(writer))),
             control: Mutex::default(),
             pending: DashMap::new(),
             next_deadline: AtomicU64::new(u64::MAX),
@@ -244,7 +252,7 @@ impl Connection {
         };
         tracing::debug!(conn = shared.id, peer = %shared.peer, "connection established");
         shared.tasks.spawn(io::read_loop(shared.clone(), reader));
-        shared.tasks.spawn(io::write_loop(shared.clone(), writer));
+        shared.tasks.spawn(io::write_loop(shared.clone()));
         shared.tasks.spawn(timers::watch(shared.clone()));
         Ok(conn)
     }
@@ -560,7 +568,7 @@ impl Shared {
             self.encode_request(id, target, timeout, op, frames)?;
             // Registered before the request can leave, so the reply finds it.
             self.pending.insert(id, waiter);
-            self.outbox.push(frames);
+            self.send(frames, INLINE_MIN);
             Ok::<_, Error>(())
         })?;
         if deadline < self.next_deadline.load(Ordering::Acquire) {

@@ -222,6 +222,14 @@ impl bincode::enc::write::Writer for FramesWriter<'_> {
     }
 }
 
+/// What [`Outbox::push_quietly`] did.
+pub(super) struct Pushed {
+    /// The writer was waiting for work and was not woken.
+    pub(super) wake: bool,
+    /// Bytes queued now.
+    pub(super) queued: usize,
+}
+
 /// The queue between the connection's producers and its writer.
 pub(super) struct Outbox {
     queue: Mutex<Queue>,
@@ -246,7 +254,7 @@ impl Outbox {
         Outbox {
             queue: Mutex::new(Queue {
                 frames: Frames::default(),
-                writer_idle: false,
+                writer_idle: true,
             }),
             queued: AtomicUsize::new(0),
             work: Notify::new(),
@@ -276,23 +284,29 @@ impl Outbox {
         }
     }
 
-    /// Appends `frames` (leaving it empty), whatever is queued already.
+    /// Appends `frames` (leaving it empty), whatever is queued already,
+    /// and wakes the writer if it waits.
     pub(super) fn push(&self, frames: &mut Frames) {
-        if frames.is_empty() {
-            return;
-        }
-        let wake = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.frames.append(frames);
-            self.queued.store(queue.frames.len(), Ordering::Release);
-            std::mem::take(&mut queue.writer_idle)
-        };
-        if wake {
-            self.work.notify_one();
+        if self.push_quietly(frames).wake {
+            self.nudge();
         }
     }
 
-    /// Wakes the writer for work queued elsewhere (control messages).
+    /// Appends `frames` (leaving it empty) without waking the writer: the
+    /// caller writes them itself, or calls [`nudge`](Self::nudge) if
+    /// [`Pushed::wake`] says so.
+    pub(super) fn push_quietly(&self, frames: &mut Frames) -> Pushed {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.frames.append(frames);
+        let queued = queue.frames.len();
+        self.queued.store(queued, Ordering::Release);
+        Pushed {
+            wake: queued > 0 && std::mem::take(&mut queue.writer_idle),
+            queued,
+        }
+    }
+
+    /// Wakes the writer (for work queued here or elsewhere).
     pub(super) fn nudge(&self) {
         self.work.notify_one();
     }
