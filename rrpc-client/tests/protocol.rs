@@ -205,3 +205,84 @@ async fn the_server_drops_a_client_that_never_greets() {
     })
     .await
 }
+
+/// Reads one reply: its id, and its payload (a success) or its error kind;
+/// anything else fails the test.
+async fn read_reply(s: &mut TcpStream) -> (u64, Result<Vec<u8>, String>) {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    match wire::decode(&payload, LIMITS).unwrap() {
+        Message::Reply { id, result: Ok(_) } => (id, Ok(payload)),
+        Message::Reply {
+            id,
+            result: Err(e),
+        } => (id, Err(e.kind.into_owned())),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_caller_never_cancels_is_stopped_at_its_deadline() {
+    within(20, async {
+        let t = start().await;
+        let mut s = raw_session(&t.addr).await;
+        let send = |msg: Message<'static>| {
+            let mut frame = Vec::new();
+            wire::encode_into(&msg, &mut frame).unwrap();
+            frame
+        };
+        // root.worker, by reference.
+        s.write_all(&send(Message::Request {
+            id: 1,
+            target: 0,
+            timeout_ms: 5000,
+            op: wire::Op::GetAttr {
+                name: "worker".into(),
+            },
+        }))
+        .await
+        .unwrap();
+        let (id, reply) = read_reply(&mut s).await;
+        assert_eq!(id, 1);
+        let payload = reply.unwrap();
+        let worker = match wire::decode(&payload, LIMITS).unwrap() {
+            Message::Reply {
+                result: Ok(wire::WireValue::SenderRef { id, .. }),
+                ..
+            } => id,
+            other => panic!("unexpected {other:?}"),
+        };
+        // worker.work(1500) with a deadline of 200 ms, and no cancel ever.
+        let started = std::time::Instant::now();
+        s.write_all(&send(Message::Request {
+            id: 2,
+            target: worker,
+            timeout_ms: 200,
+            op: wire::Op::Call {
+                method: "work".into(),
+                args: vec![wire::WireValue::Int(1500)],
+            },
+        }))
+        .await
+        .unwrap();
+        let (id, reply) = read_reply(&mut s).await;
+        let took = started.elapsed();
+        assert_eq!(id, 2);
+        assert_eq!(reply.unwrap_err(), "Timeout");
+        // Stopped by the server's own clock: after the deadline (plus its
+        // grace), long before the work would have ended.
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_millis(1200), "{took:?}");
+        let handle = t.server.handle().clone();
+        assert!(common::eventually(2, || handle.stats().running_requests == 0).await);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            t.work.completed.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the work ran on after its deadline"
+        );
+    })
+    .await
+}

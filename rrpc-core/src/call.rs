@@ -58,7 +58,15 @@ impl Call {
         let shared = self.conn.shared.clone();
         if shared.has_room() {
             let settle = Settle::Async(result.clone(), self.conn.clone());
-            if let Err(e) = shared.send_call(self.target, &self.op, self.timeout, settle) {
+            // Started calls come in bursts: written once 8 KiB are queued.
+            let sent = shared.send_call(
+                self.target,
+                &self.op,
+                self.timeout,
+                settle,
+                crate::connection::INLINE_MIN,
+            );
+            if let Err(e) = sent {
                 result.complete(Err(e));
             }
             return result;

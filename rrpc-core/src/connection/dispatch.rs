@@ -25,7 +25,7 @@ use crate::value::Value;
 use crate::wire::{Message, Op};
 
 use super::outbox::Frames;
-use super::{with_scratch, Connection, Shared};
+use super::{with_scratch, Connection, Running, Shared};
 
 /// What a request asked for, kept to name it in errors and logs (built
 /// without allocating: the names are moved out of the decoded request).
@@ -85,9 +85,9 @@ impl Shared {
                 }
             }
             Message::Cancel { id } => {
-                if let Some((_, token)) = self.running.remove(&id) {
+                if let Some((_, running)) = self.running.remove(&id) {
                     tracing::debug!(conn = self.id, request = id, "cancelled by the peer");
-                    token.cancel();
+                    running.cancel.cancel();
                 }
             }
             Message::Release { refs } => {
@@ -105,7 +105,7 @@ impl Shared {
             Message::Ping => {
                 // At most one answer is owed, however many pings arrived.
                 self.control.lock().unwrap_or_else(|p| p.into_inner()).pong = true;
-                self.outbox.nudge();
+                self.control_queued();
             }
             Message::Pong => {} // its arrival already counted as a sign of life
         }
@@ -297,14 +297,26 @@ impl Shared {
         permit: OwnedSemaphorePermit,
         work: futures::future::BoxFuture<'static, Result<Value, RemoteError>>,
     ) {
-        self.running.insert(id, cancel.clone());
         // The caller gives up at its deadline and cancels; this side stops
         // the work a little later, should the cancel not come (so the caller
-        // sees its own timeout, not this side's).
-        let deadline = (timeout_ms > 0).then(|| {
+        // sees its own timeout, not this side's). The connection's timer
+        // task cancels the request then: no timer of its own.
+        let limit = (timeout_ms > 0).then(|| {
             let timeout = Duration::from_millis(timeout_ms);
             timeout + (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
         });
+        let deadline = limit.map_or(u64::MAX, |limit| {
+            self.now_ms()
+                .saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+        });
+        self.running.insert(
+            id,
+            Running {
+                cancel: cancel.clone(),
+                deadline,
+            },
+        );
+        self.deadline_at(deadline);
         let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
         let shared = self.clone();
         self.tasks.spawn(
@@ -312,11 +324,13 @@ impl Shared {
                 let work = AssertUnwindSafe(work).catch_unwind();
                 let outcome = tokio::select! {
                     r = work => Some(r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
-                    _ = sleep_opt(deadline) => Some(Err(RemoteError::new(
-                        ErrorKind::Timeout,
-                        format!("the call ran past its deadline of {deadline:?} and was stopped"),
-                    ))),
-                    _ = cancel.cancelled() => None,
+                    // By the timer task at the deadline, or by the peer.
+                    _ = cancel.cancelled() => (shared.now_ms() >= deadline).then(|| {
+                        Err(RemoteError::new(
+                            ErrorKind::Timeout,
+                            format!("the call ran past its deadline of {limit:?} and was stopped"),
+                        ))
+                    }),
                     _ = shared.closed.cancelled() => None,
                 };
                 match outcome {
@@ -348,7 +362,9 @@ impl Shared {
             return; // nobody to tell
         }
         with_scratch(|frames| match self.encode_reply_into(id, &result, frames) {
-            Ok(()) => self.send(frames, super::INLINE_MIN),
+            // One reply of a request that had a task of its own: written at
+            // once if the writer is idle.
+            Ok(()) => self.send(frames, 0),
             Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
         });
     }
@@ -412,13 +428,6 @@ impl std::future::Future for Resume {
 
 fn in_context(err: RemoteError, obj: &dyn Remote, what: &What) -> RemoteError {
     err.context(format!("in {}: {what}", obj.type_name()))
-}
-
-async fn sleep_opt(deadline: Option<Duration>) {
-    match deadline {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {

@@ -1,5 +1,6 @@
 //! The reader and writer tasks.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::wire::{self, DecodeLimits, Message};
 
 use super::framing::FrameReader;
 use super::outbox::Frames;
-use super::sink::Sink;
+use super::sink::{Sink, Source};
 use super::Shared;
 
 /// Replies answered inline are batched up to this size before they join the
@@ -148,7 +149,6 @@ fn protocol_violation(shared: &Shared, why: &str) {
 /// The writer task: writes what producers queued and did not write
 /// themselves, control messages, and what a full socket held back.
 pub(super) async fn write_loop(shared: Arc<Shared>) {
-    let mut control = Frames::default();
     let mut closing = false;
     loop {
         if !closing {
@@ -158,12 +158,8 @@ pub(super) async fn write_loop(shared: Arc<Shared>) {
                 _ = shared.closed.cancelled() => {}
             }
             closing = shared.closed.is_cancelled();
-            if !closing {
-                shared.drain_control(&mut control);
-                shared.outbox.push_quietly(&mut control);
-            }
         }
-        let drive = std::future::poll_fn(|cx| shared.lock_sink().poll_drive(&shared.outbox, cx));
+        let drive = std::future::poll_fn(|cx| shared.lock_sink().poll_drive(&*shared, cx));
         let written = if closing {
             // What is queued (a goodbye) goes out as the last flush, if the
             // peer reads it soon enough.
@@ -224,7 +220,7 @@ impl Shared {
         if !sink.is_free() || self.closed.is_cancelled() {
             return false;
         }
-        match sink.poll_drive_inline(&self.outbox) {
+        match sink.poll_drive_inline(self) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => {
                 drop(sink);
@@ -240,7 +236,28 @@ impl Shared {
     }
 }
 
+/// What the sink writes: control messages (cancels, releases, pings), then
+/// the outbox; so control messages join the next write, whoever makes it.
+impl Source for Shared {
+    fn take(&self, into: &mut Frames) {
+        if self.control_pending.swap(false, Ordering::AcqRel) && !self.closed.is_cancelled() {
+            super::with_scratch(|frames| {
+                self.drain_control(frames);
+                self.outbox.push_quietly(frames);
+            });
+        }
+        self.outbox.take(into);
+    }
+}
+
 impl Shared {
+    /// Control messages were queued: they go out with the next write, and
+    /// the writer is woken in case there is none.
+    pub(super) fn control_queued(&self) {
+        self.control_pending.store(true, Ordering::Release);
+        self.outbox.nudge();
+    }
+
     /// Appends queued cancels and releases to `frames` as messages.
     fn drain_control(&self, frames: &mut Frames) {
         let (cancels, releases, pong, ping) = {

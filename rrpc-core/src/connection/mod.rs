@@ -48,9 +48,9 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// What a draining side tells its peer when it closes.
 pub(crate) const SHUTTING_DOWN: &str = "the server is shutting down";
 
-/// Calls and replies sent one by one are written by their producer, not
-/// the writer task, once this many bytes are queued (see [`sink`]).
-const INLINE_MIN: usize = 8 * 1024;
+/// Calls started one after another are written by their producer, not the
+/// writer task, once this many bytes are queued (see [`sink`]).
+pub(crate) const INLINE_MIN: usize = 8 * 1024;
 
 /// Releases waiting for the writer beyond which the peer is deemed not to
 /// read (each entry is 16 bytes: this bounds the backlog to 16 MiB).
@@ -99,6 +99,14 @@ struct Control {
     ping: bool,
 }
 
+/// A request of the peer served by a task of its own.
+struct Running {
+    cancel: CancellationToken,
+    /// When the timer task stops it (milliseconds since the connection
+    /// started; `u64::MAX` for never).
+    deadline: u64,
+}
+
 /// A call waiting for its reply.
 pub(crate) struct Waiter {
     reply: Settle,
@@ -142,6 +150,8 @@ pub(crate) struct Shared {
     /// The socket's write half.
     sink: Mutex<sink::Sink>,
     control: Mutex<Control>,
+    /// Something is in `control`.
+    control_pending: AtomicBool,
     pending: DashMap<u64, Waiter>,
     /// The earliest deadline of a pending call (milliseconds since the
     /// connection started; `u64::MAX` for none). It may be stale (early):
@@ -152,7 +162,7 @@ pub(crate) struct Shared {
     next_request: AtomicU64,
     pub(crate) exports: ExportTable,
     imports: ImportTable,
-    running: DashMap<u64, CancellationToken>,
+    running: DashMap<u64, Running>,
     in_flight: Arc<Semaphore>,
     closed: CancellationToken,
     close_reason: OnceLock<Error>,
@@ -216,6 +226,7 @@ impl Connection {
             outbox: Outbox::new(config.max_write_buffer),
             sink: Mutex::new(sink::Sink::new(Box::new(writer))),
             control: Mutex::default(),
+            control_pending: AtomicBool::new(false),
             pending: DashMap::new(),
             next_deadline: AtomicU64::new(u64::MAX),
             deadline_moved: Notify::new(),
@@ -519,7 +530,9 @@ impl Shared {
         // A peer that does not read makes callers wait here, not queue more.
         self.outbox.reserve(&self.closed).await;
         let (tx, rx) = oneshot::channel();
-        let id = self.send_call(target, &op, timeout, Settle::Await(tx))?;
+        // The caller waits from here on: its request leaves at once, written
+        // from here if the writer is idle, instead of after a hand-off.
+        let id = self.send_call(target, &op, timeout, Settle::Await(tx), 0)?;
         let mut guard = PendingGuard {
             shared: self,
             id,
@@ -540,13 +553,16 @@ impl Shared {
     }
 
     /// Sends a call whose outcome goes to `settle`; returns its id. Does not
-    /// wait: callers that can wait for room in the outbox do so first.
+    /// wait: callers that can wait for room in the outbox do so first. The
+    /// request is written from here when `inline_min` bytes are queued and
+    /// the writer is idle.
     pub(crate) fn send_call(
         &self,
         target: u64,
         op: &OutOp,
         timeout: Option<Duration>,
         settle: Settle,
+        inline_min: usize,
     ) -> Result<u64, Error> {
         if self.closed.is_cancelled() {
             return Err(self.reason());
@@ -568,13 +584,10 @@ impl Shared {
             self.encode_request(id, target, timeout, op, frames)?;
             // Registered before the request can leave, so the reply finds it.
             self.pending.insert(id, waiter);
-            self.send(frames, INLINE_MIN);
+            self.send(frames, inline_min);
             Ok::<_, Error>(())
         })?;
-        if deadline < self.next_deadline.load(Ordering::Acquire) {
-            self.next_deadline.fetch_min(deadline, Ordering::AcqRel);
-            self.deadline_moved.notify_one();
-        }
+        self.deadline_at(deadline);
         if self.closed.is_cancelled() {
             // Closed meanwhile, perhaps after the pending calls were failed.
             if let Some((_, waiter)) = self.pending.remove(&id) {
@@ -584,17 +597,41 @@ impl Shared {
         Ok(id)
     }
 
+    /// Something has a deadline at `ms`: the timer task must wake by then.
+    fn deadline_at(&self, ms: u64) {
+        if ms < self.next_deadline.load(Ordering::Acquire) {
+            self.next_deadline.fetch_min(ms, Ordering::AcqRel);
+            self.deadline_moved.notify_one();
+        }
+    }
+
     /// Fails the pending calls whose deadline has passed (and tells the
-    /// peer to cancel them); `next_deadline` becomes the earliest one left.
-    fn expire_calls(&self) {
+    /// peer to cancel them), cancels the requests past theirs (their tasks
+    /// answer with a timeout); `next_deadline` becomes the earliest left.
+    fn expire(&self) {
         let now = self.now_ms();
-        // Whatever a caller registers from here on lowers this again.
+        // Whatever is registered from here on lowers this again.
         self.next_deadline.store(u64::MAX, Ordering::SeqCst);
         let mut due = Vec::new();
         let mut next = u64::MAX;
         for entry in self.pending.iter() {
             if entry.deadline <= now {
                 due.push(*entry.key());
+            } else {
+                next = next.min(entry.deadline);
+            }
+        }
+        for entry in self.running.iter() {
+            if entry.cancel.is_cancelled() {
+                continue; // its task is on its way out
+            }
+            if entry.deadline <= now {
+                tracing::debug!(
+                    conn = self.id,
+                    request = *entry.key(),
+                    "request past its deadline"
+                );
+                entry.cancel.cancel();
             } else {
                 next = next.min(entry.deadline);
             }
@@ -619,7 +656,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .cancels
             .push(id);
-        self.outbox.nudge();
+        self.control_queued();
     }
 
     /// A proxy's last clone went: forget it and release its references.
@@ -633,7 +670,7 @@ impl Shared {
             control.releases.push((id, refs));
             control.releases.len()
         };
-        self.outbox.nudge();
+        self.control_queued();
         if backlog > MAX_RELEASE_BACKLOG {
             // The peer keeps sending references but never reads: stop here
             // rather than let the backlog grow without bound.
@@ -679,7 +716,7 @@ impl Shared {
         // Stop the running requests (their tasks also watch `closed`; the
         // tokens tell blocking handlers that poll `is_cancelled`).
         for entry in self.running.iter() {
-            entry.value().cancel();
+            entry.value().cancel.cancel();
         }
         let released = self.exports.clear();
         self.imports.clear();

@@ -22,6 +22,19 @@ use tokio::io::AsyncWrite;
 
 use super::outbox::{Frames, Outbox};
 
+/// Where the frames to write come from.
+pub(super) trait Source {
+    /// Moves everything queued into `into` (which is empty), or marks the
+    /// writer idle if nothing is.
+    fn take(&self, into: &mut Frames);
+}
+
+impl Source for Outbox {
+    fn take(&self, into: &mut Frames) {
+        Outbox::take(self, into)
+    }
+}
+
 /// Most chunks given to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -67,7 +80,7 @@ impl Sink {
     /// (`Pending`, the waker registered) or it fails.
     pub(super) fn poll_drive(
         &mut self,
-        outbox: &Outbox,
+        outbox: &impl Source,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         let poll = self.drive(outbox, cx);
@@ -77,12 +90,12 @@ impl Sink {
 
     /// [`poll_drive`](Self::poll_drive) with a waker that wakes nobody: for
     /// producers, who hand a `Pending` over to the writer task.
-    pub(super) fn poll_drive_inline(&mut self, outbox: &Outbox) -> Poll<std::io::Result<()>> {
+    pub(super) fn poll_drive_inline(&mut self, outbox: &impl Source) -> Poll<std::io::Result<()>> {
         let mut cx = Context::from_waker(Waker::noop());
         self.poll_drive(outbox, &mut cx)
     }
 
-    fn drive(&mut self, outbox: &Outbox, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn drive(&mut self, outbox: &impl Source, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         };

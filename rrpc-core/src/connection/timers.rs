@@ -1,10 +1,10 @@
 //! The connection's clock: one task per connection that fails calls past
-//! their deadline, pings a quiet peer, declares a silent one dead, and
-//! closes an idle connection.
+//! their deadline, stops requests past theirs, pings a quiet peer, declares
+//! a silent one dead, and closes an idle connection.
 //!
-//! Calls carry no timer of their own: each pending call records its
-//! deadline, and this task sleeps until the earliest one (a caller with an
-//! earlier deadline than the one it sleeps for wakes it). With the usual
+//! Calls and requests carry no timer of their own: each records its
+//! deadline, and this task sleeps until the earliest one (whoever registers
+//! an earlier deadline than the one it sleeps for wakes it). With the usual
 //! single default timeout, that is one wake-up per timeout period, however
 //! many calls are made.
 
@@ -52,7 +52,7 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| d <= now) {
-            shared.expire_calls();
+            shared.expire();
         }
         if let (Some(tick), Some(at)) = (tick, next_tick) {
             if at <= now {
@@ -96,7 +96,7 @@ fn check_liveness(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .ping = true;
-            shared.outbox.nudge();
+            shared.control_queued();
         }
     }
     if let Some(idle) = idle {
