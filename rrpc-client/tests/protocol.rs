@@ -215,10 +215,7 @@ async fn read_reply(s: &mut TcpStream) -> (u64, Result<Vec<u8>, String>) {
     s.read_exact(&mut payload).await.unwrap();
     match wire::decode(&payload, LIMITS).unwrap() {
         Message::Reply { id, result: Ok(_) } => (id, Ok(payload)),
-        Message::Reply {
-            id,
-            result: Err(e),
-        } => (id, Err(e.kind.into_owned())),
+        Message::Reply { id, result: Err(e) } => (id, Err(e.kind.into_owned())),
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -42,15 +42,26 @@ where
         // Replies answered inline while handling one burst of frames go out
         // together, as one write.
         let mut replies = Frames::default();
+        // Made once and kept: a waiter registered anew on every burst costs
+        // two lock round trips each.
+        let closed = shared.closed.cancelled();
+        let close_requested = shared.close_requested.notified();
+        tokio::pin!(closed, close_requested);
         'reading: loop {
+            if shared.closed.is_cancelled() {
+                break;
+            }
             let next = tokio::select! {
-                _ = shared.closed.cancelled() => break,
-                _ = shared.close_requested.notified() => {
+                // Frames first: the others are looked at only when none is
+                // here, that is between bursts.
+                biased;
+                next = frames.next() => next,
+                _ = &mut closed => break,
+                _ = &mut close_requested => {
                     // A drained connection closes here, after the last burst.
                     shared.shutdown(super::SHUTTING_DOWN, Error::Closed);
                     break;
                 }
-                next = frames.next() => next,
             };
             // The peer is alive: once per burst is enough.
             shared.touch();
@@ -150,12 +161,14 @@ fn protocol_violation(shared: &Shared, why: &str) {
 /// themselves, control messages, and what a full socket held back.
 pub(super) async fn write_loop(shared: Arc<Shared>) {
     let mut closing = false;
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         if !closing {
             tokio::select! {
                 biased;
                 _ = shared.outbox.work() => {}
-                _ = shared.closed.cancelled() => {}
+                _ = &mut closed => {}
             }
             closing = shared.closed.is_cancelled();
         }
@@ -169,7 +182,7 @@ pub(super) async fn write_loop(shared: Arc<Shared>) {
         } else {
             tokio::select! {
                 r = drive => r,
-                _ = shared.closed.cancelled() => {
+                _ = &mut closed => {
                     closing = true;
                     continue;
                 }

@@ -176,10 +176,10 @@ pub(crate) struct Shared {
     /// When the connection started; the clocks below count from it (tokio's
     /// clock, so that the timer task and the deadlines agree).
     started: Instant,
-    /// Milliseconds since `started` when the peer last sent anything.
-    last_seen: AtomicU64,
-    /// Milliseconds since `started` of the last call made or served.
-    last_activity: AtomicU64,
+    /// The peer sent something since the timer task last looked.
+    seen: AtomicBool,
+    /// A call was made or served since the timer task last looked.
+    busy: AtomicBool,
     /// Notified when the last running request ends (for draining).
     drained: Notify,
     /// Asks the reader to close the connection between two bursts.
@@ -245,8 +245,8 @@ impl Connection {
             tasks: TaskTracker::new(),
             extensions: Mutex::default(),
             started: Instant::now(),
-            last_seen: AtomicU64::new(0),
-            last_activity: AtomicU64::new(0),
+            seen: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             drained: Notify::new(),
             close_requested: Notify::new(),
             config,
@@ -501,19 +501,18 @@ impl Shared {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The peer sent something: it is alive.
+    /// The peer sent something: it is alive. (A flag, not a clock: the
+    /// timer task notes the time when it sees the flag.)
     pub(crate) fn touch(&self) {
-        // Only keep-alive reads this clock: no clock read per frame without it.
-        if self.config.keepalive_interval.is_some() {
-            self.last_seen.store(self.now_ms(), Ordering::Relaxed);
+        if !self.seen.load(Ordering::Relaxed) {
+            self.seen.store(true, Ordering::Relaxed);
         }
     }
 
     /// A call was made or served: the connection is not idle.
     pub(crate) fn active(&self) {
-        // Only the idle timeout reads this clock.
-        if self.config.idle_timeout.is_some() {
-            self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+        if !self.busy.load(Ordering::Relaxed) {
+            self.busy.store(true, Ordering::Relaxed);
         }
     }
 

@@ -35,6 +35,10 @@ pub(super) async fn watch(shared: Arc<Shared>) {
     .map(|d| (d / 4).max(Duration::from_millis(5)));
     let started = shared.started;
     let mut next_tick = tick.map(|t| Instant::now() + t);
+    let mut life = Life {
+        seen: Instant::now(),
+        active: Instant::now(),
+    };
     loop {
         let deadline = match shared.next_deadline.load(Ordering::Acquire) {
             u64::MAX => None,
@@ -57,7 +61,7 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         if let (Some(tick), Some(at)) = (tick, next_tick) {
             if at <= now {
                 next_tick = Some(now + tick);
-                if !check_liveness(&shared, interval, dead_after, idle) {
+                if !check_liveness(&shared, &mut life, now, interval, dead_after, idle) {
                     return;
                 }
             }
@@ -72,16 +76,30 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Keep-alive and idle timeout; false once the connection is closed.
+/// When the timer task last saw a sign of life, and a call.
+struct Life {
+    seen: Instant,
+    active: Instant,
+}
+
+/// Keep-alive and idle timeout; false once the connection is closed. The
+/// connection raises flags (no clock read per frame); they are turned into
+/// times here, at tick precision.
 fn check_liveness(
     shared: &Shared,
+    life: &mut Life,
+    now: Instant,
     interval: Option<Duration>,
     dead_after: Duration,
     idle: Option<Duration>,
 ) -> bool {
-    let now = shared.now_ms();
-    let silent =
-        Duration::from_millis(now.saturating_sub(shared.last_seen.load(Ordering::Relaxed)));
+    if shared.seen.swap(false, Ordering::Relaxed) {
+        life.seen = now;
+    }
+    if shared.busy.swap(false, Ordering::Relaxed) {
+        life.active = now;
+    }
+    let silent = now.saturating_duration_since(life.seen);
     if let Some(interval) = interval {
         if silent >= dead_after {
             tracing::warn!(conn = shared.id, peer = %shared.peer, "no sign of life for {silent:?}: closing");
@@ -100,8 +118,7 @@ fn check_liveness(
         }
     }
     if let Some(idle) = idle {
-        let quiet =
-            Duration::from_millis(now.saturating_sub(shared.last_activity.load(Ordering::Relaxed)));
+        let quiet = now.saturating_duration_since(life.active);
         if quiet >= idle && shared.pending.is_empty() && shared.running.is_empty() {
             tracing::debug!(conn = shared.id, "idle for {quiet:?}: closing");
             shared.shutdown(
