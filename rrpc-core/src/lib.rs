@@ -18,6 +18,7 @@
 
 mod async_result;
 mod call;
+mod cancel;
 pub mod config;
 mod connection;
 pub mod error;

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use crate::proxy::ProxyInner;
 use crate::remote::Remote;
 
+/// A fast hasher, seeded per process (the peer picks the ids of imports).
+type Hash = foldhash::fast::RandomState;
+
 /// Id of the root object on each side; never counted, never released.
 pub const ROOT_ID: u64 = 0;
 
@@ -27,8 +30,8 @@ struct Exported {
 #[derive(Default)]
 struct Exports {
     next_id: u64,
-    by_id: HashMap<u64, Exported>,
-    by_key: HashMap<usize, u64>,
+    by_id: HashMap<u64, Exported, Hash>,
+    by_key: HashMap<usize, u64, Hash>,
 }
 
 /// Local objects held by the peer.
@@ -119,7 +122,7 @@ impl ExportTable {
 /// Proxies to the peer's objects, by the peer's id.
 #[derive(Default)]
 pub(crate) struct ImportTable {
-    inner: Mutex<HashMap<u64, Weak<ProxyInner>>>,
+    inner: Mutex<HashMap<u64, Weak<ProxyInner>, Hash>>,
 }
 
 impl ImportTable {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
 use crate::error::{ErrorKind, RemoteError};
@@ -240,7 +239,7 @@ impl From<Vec<Value>> for Args {
 pub struct CallContext {
     pub(crate) conn: Connection,
     pub(crate) request_id: u64,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: crate::cancel::Cancel,
 }
 
 impl CallContext {

@@ -135,6 +135,27 @@ impl Drop for Encoder<'_> {
     }
 }
 
+/// The connection a received value's references belong to: known, or made
+/// on first need (most values hold no reference, and making a
+/// [`Connection`] handle costs two reference-count round trips).
+pub(super) enum ConnRef<'a> {
+    Known(&'a Connection),
+    Lazy(&'a Shared, std::cell::OnceCell<Option<Connection>>),
+}
+
+impl<'a> ConnRef<'a> {
+    pub(super) fn lazy(shared: &'a Shared) -> Self {
+        ConnRef::Lazy(shared, std::cell::OnceCell::new())
+    }
+
+    fn get(&self) -> Option<&Connection> {
+        match self {
+            ConnRef::Known(conn) => Some(conn),
+            ConnRef::Lazy(shared, conn) => conn.get_or_init(|| shared.connection()).as_ref(),
+        }
+    }
+}
+
 /// Below this size a byte string is copied out of its frame; from it up,
 /// it is a slice sharing the frame's buffer (a small value must not keep a
 /// big frame alive).
@@ -241,7 +262,7 @@ impl Shared {
     /// `frame` rather than copied.
     pub(super) fn decode_value(
         &self,
-        conn: &Connection,
+        conn: &ConnRef<'_>,
         wire: WireValue<'_>,
         frame: &Bytes,
     ) -> Result<Value, RemoteError> {
@@ -271,6 +292,12 @@ impl Shared {
                     .collect::<Result<_, RemoteError>>()?,
             ),
             WireValue::SenderRef { id, type_name } => {
+                let Some(conn) = conn.get() else {
+                    return Err(RemoteError::new(
+                        ErrorKind::Refused,
+                        "the connection is closing: no reference can be received",
+                    ));
+                };
                 let inner = self
                     .imports
                     .import(id, || ProxyInner::new(conn.clone(), id, &type_name));
@@ -290,7 +317,7 @@ impl Shared {
 
     pub(super) fn decode_values(
         &self,
-        conn: &Connection,
+        conn: &ConnRef<'_>,
         wires: Vec<WireValue<'_>>,
         frame: &Bytes,
     ) -> Result<Vec<Value>, RemoteError> {

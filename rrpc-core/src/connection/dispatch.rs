@@ -6,16 +6,16 @@
 //! returns a future or blocking work gets a task of its own, registered so
 //! that the peer can cancel it and bounded by the in-flight limit.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::Cancel;
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, RemoteError};
@@ -24,20 +24,33 @@ use crate::remote::{Args, CallContext, Member, Remote, Reply};
 use crate::value::Value;
 use crate::wire::{Message, Op};
 
+use super::codec::ConnRef;
 use super::outbox::Frames;
 use super::{with_scratch, Connection, Running, Shared};
 
-/// What a request asked for, kept to name it in errors and logs (built
-/// without allocating: the names are moved out of the decoded request).
-enum What {
-    Call(String),
+/// What a request asked for, kept to name it in errors and logs (the names
+/// borrowed from the frame; owned only by a request that gets a task).
+enum What<'a> {
+    Call(Cow<'a, str>),
     Invoke,
-    GetAttr(String),
-    SetAttr(String),
+    GetAttr(Cow<'a, str>),
+    SetAttr(Cow<'a, str>),
     Dir,
 }
 
-impl fmt::Display for What {
+impl What<'_> {
+    fn into_owned(self) -> What<'static> {
+        match self {
+            What::Call(m) => What::Call(Cow::Owned(m.into_owned())),
+            What::Invoke => What::Invoke,
+            What::GetAttr(n) => What::GetAttr(Cow::Owned(n.into_owned())),
+            What::SetAttr(n) => What::SetAttr(Cow::Owned(n.into_owned())),
+            What::Dir => What::Dir,
+        }
+    }
+}
+
+impl fmt::Display for What<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             What::Call(m) => write!(f, "call {m}"),
@@ -71,11 +84,9 @@ impl Shared {
                 self.on_request(conn, id, target, timeout_ms, op, frame, replies);
             }
             Message::Reply { id, result } => {
-                let Some(conn) = self.connection() else {
-                    return Ok(());
-                };
                 // Decode even if nobody waits any more, so that references in
                 // the reply are counted and then released.
+                let conn = ConnRef::lazy(self);
                 let result = match result {
                     Ok(wire) => self.decode_value(&conn, wire, frame).map_err(Error::Remote),
                     Err(err) => Err(Error::Remote(err.into())),
@@ -149,7 +160,7 @@ impl Shared {
                 replies,
             );
         }
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Some(permit) = InFlight::enter(self) else {
             return self.refuse(
                 id,
                 RemoteError::new(
@@ -177,7 +188,7 @@ impl Shared {
                 replies,
             );
         };
-        let cancel = CancellationToken::new();
+        let cancel = Cancel::default();
         let cx = CallContext {
             conn,
             request_id: id,
@@ -200,6 +211,7 @@ impl Shared {
                     self.reply_inline(id, result, permit, replies);
                 }
                 FirstPoll::Pending(work) => {
+                    let what = what.into_owned();
                     self.spawn_request(id, obj, what, timeout_ms, cancel, permit, work)
                 }
             },
@@ -214,6 +226,7 @@ impl Shared {
                         )),
                     }
                 };
+                let what = what.into_owned();
                 self.spawn_request(id, obj, what, timeout_ms, cancel, permit, Box::pin(work));
             }
         }
@@ -221,23 +234,23 @@ impl Shared {
 
     /// Decodes the operation and calls the handler (which must not block).
     #[allow(clippy::type_complexity)]
-    fn start(
+    fn start<'a>(
         &self,
         obj: Arc<dyn Remote>,
         cx: CallContext,
-        op: Op<'_>,
+        op: Op<'a>,
         frame: &Bytes,
-    ) -> Result<(Reply, What), (RemoteError, What)> {
-        let conn = cx.conn.clone();
+    ) -> Result<(Reply, What<'a>), (RemoteError, What<'a>)> {
+        let conn = ConnRef::Known(&cx.conn);
         Ok(match op {
             Op::Call { method, args } => {
-                let what = What::Call(method.into_owned());
+                let what = What::Call(method);
                 let args = match self.decode_values(&conn, args, frame) {
                     Ok(args) => args,
                     Err(e) => return Err((e, what)),
                 };
                 let method = match &what {
-                    What::Call(m) => m.as_str(),
+                    What::Call(m) => m.as_ref(),
                     _ => "",
                 };
                 (obj.call(cx, method, Args::new(args)), what)
@@ -248,16 +261,16 @@ impl Shared {
             },
             Op::GetAttr { name } => {
                 let reply = obj.get_attr(cx, &name);
-                (reply, What::GetAttr(name.into_owned()))
+                (reply, What::GetAttr(name))
             }
             Op::SetAttr { name, value } => {
-                let what = What::SetAttr(name.into_owned());
+                let what = What::SetAttr(name);
                 let value = match self.decode_value(&conn, value, frame) {
                     Ok(v) => v,
                     Err(e) => return Err((e, what)),
                 };
                 let name = match &what {
-                    What::SetAttr(n) => n.as_str(),
+                    What::SetAttr(n) => n.as_ref(),
                     _ => "",
                 };
                 (obj.set_attr(cx, name, value), what)
@@ -276,7 +289,7 @@ impl Shared {
         self: &Arc<Shared>,
         id: u64,
         result: Result<Value, RemoteError>,
-        permit: OwnedSemaphorePermit,
+        permit: InFlight,
         replies: &mut Frames,
     ) {
         // Straight into the batch: no frame of its own, no copy.
@@ -291,10 +304,10 @@ impl Shared {
         self: &Arc<Shared>,
         id: u64,
         obj: Arc<dyn Remote>,
-        what: What,
+        what: What<'static>,
         timeout_ms: u64,
-        cancel: CancellationToken,
-        permit: OwnedSemaphorePermit,
+        cancel: Cancel,
+        permit: InFlight,
         work: futures::future::BoxFuture<'static, Result<Value, RemoteError>>,
     ) {
         // The caller gives up at its deadline and cancels; this side stops
@@ -371,6 +384,26 @@ impl Shared {
 }
 
 type Work = futures::future::BoxFuture<'static, Result<Value, RemoteError>>;
+
+/// One request counted against the in-flight limit, until dropped.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> Option<InFlight> {
+        let before = shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= shared.config.max_in_flight {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(shared.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 enum FirstPoll {
     Ready(Result<Value, RemoteError>),

@@ -19,14 +19,14 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,9 +99,13 @@ struct Control {
     ping: bool,
 }
 
+/// The hasher of the tables keyed by request id: fast, and seeded per
+/// process (the peer chooses the ids of its requests).
+type IdHash = foldhash::fast::RandomState;
+
 /// A request of the peer served by a task of its own.
 struct Running {
-    cancel: CancellationToken,
+    cancel: crate::cancel::Cancel,
     /// When the timer task stops it (milliseconds since the connection
     /// started; `u64::MAX` for never).
     deadline: u64,
@@ -152,7 +156,7 @@ pub(crate) struct Shared {
     control: Mutex<Control>,
     /// Something is in `control`.
     control_pending: AtomicBool,
-    pending: DashMap<u64, Waiter>,
+    pending: DashMap<u64, Waiter, IdHash>,
     /// The earliest deadline of a pending call (milliseconds since the
     /// connection started; `u64::MAX` for none). It may be stale (early):
     /// the timer task then finds nothing due and looks again.
@@ -162,8 +166,9 @@ pub(crate) struct Shared {
     next_request: AtomicU64,
     pub(crate) exports: ExportTable,
     imports: ImportTable,
-    running: DashMap<u64, Running>,
-    in_flight: Arc<Semaphore>,
+    running: DashMap<u64, Running, IdHash>,
+    /// Requests being served (inline or by a task).
+    in_flight: AtomicUsize,
     closed: CancellationToken,
     close_reason: OnceLock<Error>,
     root: Arc<dyn Remote>,
@@ -227,14 +232,14 @@ impl Connection {
             sink: Mutex::new(sink::Sink::new(Box::new(writer))),
             control: Mutex::default(),
             control_pending: AtomicBool::new(false),
-            pending: DashMap::new(),
+            pending: DashMap::with_hasher(IdHash::default()),
             next_deadline: AtomicU64::new(u64::MAX),
             deadline_moved: Notify::new(),
             next_request: AtomicU64::new(1),
             exports: ExportTable::default(),
             imports: ImportTable::default(),
-            running: DashMap::new(),
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            running: DashMap::with_hasher(IdHash::default()),
+            in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
             close_reason: OnceLock::new(),
             root,
