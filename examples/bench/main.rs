@@ -80,6 +80,9 @@ const QUICK: Plan = Plan {
     idle_connections: 100,
 };
 
+/// The latency figures are measured in this many interleaved rounds.
+const LATENCY_ROUNDS: usize = 10;
+
 /// Byte strings moved per bulk call, and how many such calls are in flight.
 const BULK_CHUNK: usize = 1 << 20;
 const BULK_WINDOW: usize = 4;
@@ -265,14 +268,47 @@ async fn measure(
         }
     }
 
-    if only.wants("latency") {
-        eprintln!("latency: {} sequential round trips", plan.latency_iters);
-        let mut s = raw::pingpong(server.echo, plan.warmup, plan.latency_iters).await?;
-        r.raw("pingpong_p50", percentile_us(&mut s, 50.0), "us");
-        r.raw("pingpong_p99", percentile_us(&mut s, 99.0), "us");
-        let mut s = rrpc::null_call(&target, plan.warmup, plan.latency_iters).await?;
-        r.rrpc("null_call_p50", percentile_us(&mut s, 50.0), "us");
-        r.rrpc("null_call_p99", percentile_us(&mut s, 99.0), "us");
+    let (latency, callbacks) = (only.wants("latency"), only.wants("callback"));
+    if latency || callbacks {
+        // The latency figures are taken in interleaved rounds, so that a
+        // drift of the machine (shared, virtual) affects each of them alike
+        // and the ratios between them hold.
+        eprintln!(
+            "latency: {} sequential round trips{}, in {LATENCY_ROUNDS} rounds",
+            plan.latency_iters,
+            if callbacks {
+                format!(" and {} callback calls", plan.callback_iters)
+            } else {
+                String::new()
+            }
+        );
+        raw::pingpong(server.echo, plan.warmup, 0).await?;
+        rrpc::null_call(&target, plan.warmup, 0).await?;
+        if callbacks {
+            rrpc::callback(&target, plan.warmup / 4, 0).await?;
+            rrpc::async_callback(&target, plan.warmup / 4, 0).await?;
+        }
+        let (mut ping, mut null, mut cb, mut acb) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..LATENCY_ROUNDS {
+            let (n, c) = (
+                plan.latency_iters / LATENCY_ROUNDS,
+                plan.callback_iters / LATENCY_ROUNDS,
+            );
+            ping.extend(raw::pingpong(server.echo, 0, n).await?);
+            null.extend(rrpc::null_call(&target, 0, n).await?);
+            if callbacks {
+                cb.extend(rrpc::callback(&target, 0, c).await?);
+                acb.extend(rrpc::async_callback(&target, 0, c).await?);
+            }
+        }
+        r.raw("pingpong_p50", percentile_us(&mut ping, 50.0), "us");
+        r.raw("pingpong_p99", percentile_us(&mut ping, 99.0), "us");
+        r.rrpc("null_call_p50", percentile_us(&mut null, 50.0), "us");
+        r.rrpc("null_call_p99", percentile_us(&mut null, 99.0), "us");
+        if callbacks {
+            r.rrpc("callback_p50", percentile_us(&mut cb, 50.0), "us");
+            r.rrpc("async_callback_p50", percentile_us(&mut acb, 50.0), "us");
+        }
     }
 
     if only.wants("pipelined") {
@@ -304,14 +340,6 @@ async fn measure(
                 r.rrpc(format!("{name}_cpu_server"), us, "us/call");
             }
         }
-    }
-
-    if only.wants("callback") {
-        eprintln!("callbacks: {} calls", plan.callback_iters);
-        let mut s = rrpc::callback(&target, plan.warmup / 4, plan.callback_iters).await?;
-        r.rrpc("callback_p50", percentile_us(&mut s, 50.0), "us");
-        let mut s = rrpc::async_callback(&target, plan.warmup / 4, plan.callback_iters).await?;
-        r.rrpc("async_callback_p50", percentile_us(&mut s, 50.0), "us");
     }
 
     if only.wants("connect") {

@@ -330,21 +330,27 @@ impl Shared {
             },
         );
         self.deadline_at(deadline);
+        if self.is_closed() {
+            // Closed meanwhile: `close` may have cancelled the running
+            // requests before this one was among them.
+            cancel.cancel();
+        }
         let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
         let shared = self.clone();
         self.tasks.spawn(
             async move {
                 let work = AssertUnwindSafe(work).catch_unwind();
                 let outcome = tokio::select! {
+                    biased;
                     r = work => Some(r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
-                    // By the timer task at the deadline, or by the peer.
+                    // By the timer task at the deadline, by the peer, or
+                    // by the connection's end.
                     _ = cancel.cancelled() => (shared.now_ms() >= deadline).then(|| {
                         Err(RemoteError::new(
                             ErrorKind::Timeout,
                             format!("the call ran past its deadline of {limit:?} and was stopped"),
                         ))
                     }),
-                    _ = shared.closed.cancelled() => None,
                 };
                 match outcome {
                     Some(result) => {
@@ -371,7 +377,7 @@ impl Shared {
 
     async fn send_reply(&self, id: u64, result: Result<Value, RemoteError>) {
         self.outbox.reserve(&self.closed).await;
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return; // nobody to tell
         }
         with_scratch(|frames| match self.encode_reply_into(id, &result, frames) {

@@ -15,14 +15,12 @@ use crate::wire::{self, DecodeLimits, Message};
 use super::framing::FrameReader;
 use super::outbox::Frames;
 use super::sink::{Sink, Source};
-use super::Shared;
+use super::{Shared, RELEASES_PER_MESSAGE};
 
 /// Replies answered inline are batched up to this size before they join the
 /// outbox.
 const COALESCE_BYTES: usize = 64 * 1024;
 
-/// At most this many (id, count) pairs go in one release message.
-const RELEASES_PER_MESSAGE: usize = 4096;
 /// How long the last frames (a goodbye) may take to leave once closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -48,7 +46,7 @@ where
         let close_requested = shared.close_requested.notified();
         tokio::pin!(closed, close_requested);
         'reading: loop {
-            if shared.closed.is_cancelled() {
+            if shared.is_closed() {
                 break;
             }
             let next = tokio::select! {
@@ -82,7 +80,7 @@ where
             if !replies.is_empty() {
                 // A peer that does not read its replies stops being read.
                 shared.outbox.reserve(&shared.closed).await;
-                if shared.closed.is_cancelled() {
+                if shared.is_closed() {
                     break;
                 }
                 // Written from here, at once: no hand-off to the writer.
@@ -170,7 +168,7 @@ pub(super) async fn write_loop(shared: Arc<Shared>) {
                 _ = shared.outbox.work() => {}
                 _ = &mut closed => {}
             }
-            closing = shared.closed.is_cancelled();
+            closing = shared.is_closed();
         }
         let drive = std::future::poll_fn(|cx| shared.lock_sink().poll_drive(&*shared, cx));
         let written = if closing {
@@ -230,7 +228,7 @@ impl Shared {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
-        if !sink.is_free() || self.closed.is_cancelled() {
+        if !sink.is_free() || self.is_closed() {
             return false;
         }
         match sink.poll_drive_inline(self) {
@@ -253,7 +251,7 @@ impl Shared {
 /// the outbox; so control messages join the next write, whoever makes it.
 impl Source for Shared {
     fn take(&self, into: &mut Frames) {
-        if self.control_pending.swap(false, Ordering::AcqRel) && !self.closed.is_cancelled() {
+        if self.control_pending.swap(false, Ordering::AcqRel) && !self.is_closed() {
             super::with_scratch(|frames| {
                 self.drain_control(frames);
                 self.outbox.push_quietly(frames);
@@ -275,6 +273,11 @@ impl Shared {
     fn drain_control(&self, frames: &mut Frames) {
         let (cancels, releases, pong, ping) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            if !control.releases.is_empty() {
+                // Leaving now: no flush of their own is due any more (reset
+                // under the lock, so a release queued next sets its own).
+                self.release_due.store(u64::MAX, Ordering::Release);
+            }
             (
                 std::mem::take(&mut control.cancels),
                 std::mem::take(&mut control.releases),

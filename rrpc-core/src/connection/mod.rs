@@ -52,6 +52,11 @@ pub(crate) const SHUTTING_DOWN: &str = "the server is shutting down";
 /// writer task, once this many bytes are queued (see [`sink`]).
 pub(crate) const INLINE_MIN: usize = 8 * 1024;
 
+/// How long releases may wait for a write to ride along with.
+const RELEASE_DELAY_MS: u64 = 10;
+/// At most this many (id, count) pairs go in one release message.
+pub(super) const RELEASES_PER_MESSAGE: usize = 4096;
+
 /// Releases waiting for the writer beyond which the peer is deemed not to
 /// read (each entry is 16 bytes: this bounds the backlog to 16 MiB).
 const MAX_RELEASE_BACKLOG: usize = 1 << 20;
@@ -156,6 +161,9 @@ pub(crate) struct Shared {
     control: Mutex<Control>,
     /// Something is in `control`.
     control_pending: AtomicBool,
+    /// When queued releases leave if nothing else is written first
+    /// (milliseconds since the connection started; `u64::MAX` for none).
+    release_due: AtomicU64,
     pending: DashMap<u64, Waiter, IdHash>,
     /// The earliest deadline of a pending call (milliseconds since the
     /// connection started; `u64::MAX` for none). It may be stale (early):
@@ -170,6 +178,8 @@ pub(crate) struct Shared {
     /// Requests being served (inline or by a task).
     in_flight: AtomicUsize,
     closed: CancellationToken,
+    /// Set with `closed` (which takes a lock to read).
+    closed_flag: AtomicBool,
     close_reason: OnceLock<Error>,
     root: Arc<dyn Remote>,
     serving: AtomicBool,
@@ -232,6 +242,7 @@ impl Connection {
             sink: Mutex::new(sink::Sink::new(Box::new(writer))),
             control: Mutex::default(),
             control_pending: AtomicBool::new(false),
+            release_due: AtomicU64::new(u64::MAX),
             pending: DashMap::with_hasher(IdHash::default()),
             next_deadline: AtomicU64::new(u64::MAX),
             deadline_moved: Notify::new(),
@@ -241,6 +252,7 @@ impl Connection {
             running: DashMap::with_hasher(IdHash::default()),
             in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            closed_flag: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             root,
             serving: AtomicBool::new(true),
@@ -347,7 +359,7 @@ impl Connection {
 
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.is_closed()
     }
 
     /// Completes when the connection has closed, with the reason.
@@ -502,6 +514,11 @@ impl Shared {
         Some(Connection { shared, owner })
     }
 
+    /// Whether the connection is closed (a load, no lock).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed_flag.load(Ordering::Acquire)
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -528,7 +545,7 @@ impl Shared {
         op: OutOp,
         timeout: Option<Duration>,
     ) -> Result<Value, Error> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Err(self.reason());
         }
         // A peer that does not read makes callers wait here, not queue more.
@@ -568,7 +585,7 @@ impl Shared {
         settle: Settle,
         inline_min: usize,
     ) -> Result<u64, Error> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Err(self.reason());
         }
         let timeout = timeout.unwrap_or(self.config.call_timeout);
@@ -592,7 +609,7 @@ impl Shared {
             Ok::<_, Error>(())
         })?;
         self.deadline_at(deadline);
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             // Closed meanwhile, perhaps after the pending calls were failed.
             if let Some((_, waiter)) = self.pending.remove(&id) {
                 waiter.settle(Err(self.reason()));
@@ -640,6 +657,14 @@ impl Shared {
                 next = next.min(entry.deadline);
             }
         }
+        match self.release_due.load(Ordering::Acquire) {
+            u64::MAX => {}
+            at if at <= now => {
+                self.release_due.store(u64::MAX, Ordering::Release);
+                self.outbox.nudge();
+            }
+            at => next = next.min(at),
+        }
         self.next_deadline.fetch_min(next, Ordering::SeqCst);
         for id in due {
             if let Some((_, waiter)) = self.pending.remove(&id) {
@@ -652,7 +677,7 @@ impl Shared {
     }
 
     fn send_cancel(&self, id: u64) {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return;
         }
         self.control
@@ -666,15 +691,27 @@ impl Shared {
     /// A proxy's last clone went: forget it and release its references.
     pub(crate) fn proxy_dropped(&self, id: u64, ptr: *const ProxyInner, refs: u64) {
         self.imports.forget(id, ptr);
-        if refs == 0 || self.closed.is_cancelled() {
+        if refs == 0 || self.is_closed() {
             return;
         }
-        let backlog = {
+        // Releases are not urgent: they ride along with the next write, or
+        // leave on their own a little later (a full message's worth at once).
+        let (backlog, due) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             control.releases.push((id, refs));
-            control.releases.len()
+            let due = (control.releases.len() == 1).then(|| {
+                let due = self.now_ms().saturating_add(RELEASE_DELAY_MS);
+                self.release_due.store(due, Ordering::Release);
+                due
+            });
+            (control.releases.len(), due)
         };
-        self.control_queued();
+        self.control_pending.store(true, Ordering::Release);
+        if let Some(due) = due {
+            self.deadline_at(due);
+        } else if backlog % RELEASES_PER_MESSAGE == 0 {
+            self.outbox.nudge();
+        }
         if backlog > MAX_RELEASE_BACKLOG {
             // The peer keeps sending references but never reads: stop here
             // rather than let the backlog grow without bound.
@@ -687,7 +724,7 @@ impl Shared {
 
     /// Tells the peer why, then closes with `reason` for local callers.
     pub(crate) fn shutdown(&self, told_peer: &str, reason: Error) {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return;
         }
         let goodbye = Message::Goodbye {
@@ -709,6 +746,7 @@ impl Shared {
             return;
         }
         tracing::debug!(conn = self.id, peer = %self.peer, reason = %self.reason(), "connection closed");
+        self.closed_flag.store(true, Ordering::Release);
         self.closed.cancel();
         // Every waiting call fails with the reason.
         let ids: Vec<u64> = self.pending.iter().map(|e| *e.key()).collect();
