@@ -273,14 +273,17 @@ impl Shared {
     fn drain_control(&self, frames: &mut Frames) {
         let (cancels, releases, pong, ping) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-            if !control.releases.is_empty() {
-                // Leaving now: no flush of their own is due any more (reset
-                // under the lock, so a release queued next sets its own).
+            // Releases wait until they are due (see `proxy_dropped`).
+            let releases = if std::mem::take(&mut control.releases_due) {
+                // Reset under the lock: a release queued next sets its own.
                 self.release_due.store(u64::MAX, Ordering::Release);
-            }
+                std::mem::take(&mut control.releases)
+            } else {
+                Vec::new()
+            };
             (
                 std::mem::take(&mut control.cancels),
-                std::mem::take(&mut control.releases),
+                releases,
                 std::mem::take(&mut control.pong),
                 std::mem::take(&mut control.ping),
             )

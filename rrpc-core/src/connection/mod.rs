@@ -97,6 +97,8 @@ impl Drop for Owner {
 #[derive(Default)]
 struct Control {
     releases: Vec<(u64, u64)>,
+    /// The releases are due: the next write takes them.
+    releases_due: bool,
     cancels: Vec<u64>,
     /// A pong is owed (answers to many pings are coalesced into one).
     pong: bool,
@@ -660,8 +662,11 @@ impl Shared {
         match self.release_due.load(Ordering::Acquire) {
             u64::MAX => {}
             at if at <= now => {
-                self.release_due.store(u64::MAX, Ordering::Release);
-                self.outbox.nudge();
+                self.control
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .releases_due = true;
+                self.control_queued();
             }
             at => next = next.min(at),
         }
@@ -694,23 +699,34 @@ impl Shared {
         if refs == 0 || self.is_closed() {
             return;
         }
-        // Releases are not urgent: they ride along with the next write, or
-        // leave on their own a little later (a full message's worth at once).
+        // Releases are not urgent: they are held a little (RELEASE_DELAY_MS)
+        // and leave together, a full message's worth at once. An object the
+        // peer sends again meanwhile (a callback passed with every call)
+        // then keeps its export there, instead of being released and
+        // exported anew each time: its releases add up to one entry.
         let (backlog, due) = {
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-            control.releases.push((id, refs));
-            let due = (control.releases.len() == 1).then(|| {
-                let due = self.now_ms().saturating_add(RELEASE_DELAY_MS);
-                self.release_due.store(due, Ordering::Release);
-                due
-            });
-            (control.releases.len(), due)
+            match control.releases.last_mut() {
+                Some((last, n)) if *last == id => *n = n.saturating_add(refs),
+                _ => control.releases.push((id, refs)),
+            }
+            let backlog = control.releases.len();
+            let due =
+                (backlog == 1 && self.release_due.load(Ordering::Acquire) == u64::MAX).then(|| {
+                    let due = self.now_ms().saturating_add(RELEASE_DELAY_MS);
+                    self.release_due.store(due, Ordering::Release);
+                    due
+                });
+            if backlog >= RELEASES_PER_MESSAGE {
+                control.releases_due = true;
+            }
+            (backlog, due)
         };
-        self.control_pending.store(true, Ordering::Release);
         if let Some(due) = due {
             self.deadline_at(due);
-        } else if backlog % RELEASES_PER_MESSAGE == 0 {
-            self.outbox.nudge();
+        }
+        if backlog >= RELEASES_PER_MESSAGE {
+            self.control_queued();
         }
         if backlog > MAX_RELEASE_BACKLOG {
             // The peer keeps sending references but never reads: stop here
