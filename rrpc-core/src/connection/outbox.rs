@@ -144,7 +144,14 @@ impl Frames {
         let prefix_chunk = self.chunks.len() - 1;
         let prefix_at = self.tail().len() - 4;
         let start = self.len;
-        let encoded = wire::encode_with(msg, FramesWriter { frames: self, big });
+        let mut writer = FramesWriter {
+            frames: self,
+            big,
+            stage: [0; STAGE],
+            staged: 0,
+        };
+        let encoded = wire::encode_with(msg, &mut writer);
+        writer.flush();
         let size = self.len - start;
         let prefix = match (encoded, u32::try_from(size)) {
             (Err(e), _) => {
@@ -194,14 +201,35 @@ pub(super) enum EncodeFailure {
     TooLarge(usize),
 }
 
+/// Bytes gathered on the stack before they are copied into the frames
+/// (bincode writes a field at a time, often a byte or two).
+const STAGE: usize = 128;
+
 /// bincode's view of a [`Frames`].
 struct FramesWriter<'a> {
     frames: &'a mut Frames,
     big: &'a [Bytes],
+    stage: [u8; STAGE],
+    staged: usize,
+}
+
+impl FramesWriter<'_> {
+    fn flush(&mut self) {
+        if self.staged > 0 {
+            self.frames.copy_in(&self.stage[..self.staged]);
+            self.staged = 0;
+        }
+    }
 }
 
 impl bincode::enc::write::Writer for FramesWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if let Some(room) = self.stage.get_mut(self.staged..self.staged + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.staged += bytes.len();
+            return Ok(());
+        }
+        self.flush();
         if bytes.len() >= BIG {
             let (start, end) = (
                 bytes.as_ptr() as usize,
