@@ -283,3 +283,61 @@ async fn a_request_whose_caller_never_cancels_is_stopped_at_its_deadline() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_request_id_already_running_is_a_protocol_violation() {
+    within(20, async {
+        let t = start().await;
+        let good = rrpc_client::connect(&t.addr).await.unwrap();
+        let mut s = raw_session(&t.addr).await;
+        let send = |msg: Message<'static>| {
+            let mut frame = Vec::new();
+            wire::encode_into(&msg, &mut frame).unwrap();
+            frame
+        };
+        s.write_all(&send(Message::Request {
+            id: 1,
+            target: 0,
+            timeout_ms: 5000,
+            op: wire::Op::GetAttr {
+                name: "worker".into(),
+            },
+        }))
+        .await
+        .unwrap();
+        let (_, reply) = read_reply(&mut s).await;
+        let worker = match wire::decode(&reply.unwrap(), LIMITS).unwrap() {
+            Message::Reply {
+                result: Ok(wire::WireValue::SenderRef { id, .. }),
+                ..
+            } => id,
+            other => panic!("unexpected {other:?}"),
+        };
+        // Two requests numbered 7 while the first still runs.
+        let work = |id| {
+            send(Message::Request {
+                id,
+                target: worker,
+                timeout_ms: 5000,
+                op: wire::Op::Call {
+                    method: "work".into(),
+                    args: vec![wire::WireValue::Int(1000)],
+                },
+            })
+        };
+        s.write_all(&[work(7), work(7)].concat()).await.unwrap();
+        let reason = goodbye_reason(&mut s)
+            .await
+            .expect("a goodbye naming the cause");
+        assert!(reason.contains("already in use"), "{reason}");
+        // Closing the connection stopped the request it had started.
+        let handle = t.server.handle().clone();
+        assert!(common::eventually(2, || handle.stats().running_requests == 0).await);
+        // Everyone else is served.
+        assert_eq!(
+            good.root().call("add1", (1,)).await.unwrap().as_i64(),
+            Some(2)
+        );
+    })
+    .await
+}

@@ -184,8 +184,9 @@ fn in_frame(slice: &[u8], frame: &Bytes) -> bool {
     s >= start && e <= end
 }
 
+/// A timeout in whole milliseconds, rounded up (never shorter than asked).
 pub(super) fn timeout_ms(timeout: Duration) -> u64 {
-    u64::try_from(timeout.as_millis())
+    u64::try_from(timeout.as_micros().div_ceil(1000))
         .unwrap_or(u64::MAX)
         .max(1)
 }

@@ -78,6 +78,11 @@ impl Shared {
                 timeout_ms,
                 op,
             } => {
+                if self.running.contains_key(&id) {
+                    // Its reply, its cancel and its deadline would be mixed
+                    // up with those of the request already running.
+                    return Err(format!("request id {id} is already in use"));
+                }
                 let Some(conn) = self.connection() else {
                     return Ok(()); // closing: nobody is left to serve it
                 };
@@ -345,7 +350,10 @@ impl Shared {
                     r = work => Some(r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
                     // By the timer task at the deadline, by the peer, or
                     // by the connection's end.
-                    _ = cancel.cancelled() => (shared.now_ms() >= deadline).then(|| {
+                    // (No answer is owed to a peer that cancelled.)
+                    _ = cancel.cancelled() => (shared.now_ms() >= deadline
+                        && shared.running.contains_key(&id))
+                    .then(|| {
                         Err(RemoteError::new(
                             ErrorKind::Timeout,
                             format!("the call ran past its deadline of {limit:?} and was stopped"),

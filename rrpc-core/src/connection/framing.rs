@@ -19,9 +19,11 @@ use super::outbox::BIG;
 
 /// The small-frame buffer's initial size, and the least room left for a read.
 const READ_ROOM: usize = 8 * 1024;
-/// Big-frame buffers kept for reuse, and the largest one kept.
+/// Big-frame buffers kept for reuse, and the largest one kept: enough for
+/// transfers in chunks of up to a MiB, four in flight; a connection that did
+/// such a transfer holds at most about 4.3 MiB for it.
 const POOL: usize = 4;
-const POOL_MAX_CAPACITY: usize = 2 * 1024 * 1024;
+const POOL_MAX_CAPACITY: usize = 1024 * 1024 + 64 * 1024;
 
 pub(super) struct FrameReader<R> {
     reader: R,
@@ -55,9 +57,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some((big, len)) = &mut self.big {
                 let left = *len - big.len();
                 if left == 0 {
+                    // The whole allocation (the handle left after the split
+                    // shows none of it).
+                    let size = big.capacity();
                     let frame = big.split().freeze();
                     if let Some((parent, _)) = self.big.take() {
-                        self.recycle(parent);
+                        self.recycle(parent, size);
                     }
                     return Some(Ok(frame));
                 }
@@ -111,8 +116,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    fn recycle(&mut self, parent: BytesMut) {
-        if parent.capacity() + parent.len() > POOL_MAX_CAPACITY {
+    /// Keeps `parent`, the handle on a big frame's buffer of `size` bytes,
+    /// unless the buffer is too large to hold on to.
+    fn recycle(&mut self, parent: BytesMut, size: usize) {
+        if size > POOL_MAX_CAPACITY {
             return;
         }
         if self.pool.len() == POOL {
@@ -182,6 +189,17 @@ mod tests {
         assert_eq!(&third[..], &big[..]);
         drop(second);
         assert!(frames.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn only_buffers_of_moderate_size_are_kept() {
+        for (size, kept) in [(1 << 20, 1), (POOL_MAX_CAPACITY + 1, 0)] {
+            let stream = frame(&vec![3u8; size]);
+            let mut frames = FrameReader::new(&stream[..], 4 << 20);
+            let f = frames.next().await.unwrap().unwrap();
+            assert_eq!(f.len(), size);
+            assert_eq!(frames.pool.len(), kept, "a frame of {size} bytes");
+        }
     }
 
     #[tokio::test]

@@ -231,19 +231,36 @@ impl Shared {
         if !sink.is_free() || self.is_closed() {
             return false;
         }
+        // A transport that panics here would leave the writer thinking it
+        // has work in hand: the connection is closed instead of stalling.
+        let _unwind = CloseOnUnwind(self);
         match sink.poll_drive_inline(self) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => {
                 drop(sink);
                 self.close(Error::ConnectionLost(format!("write failed: {e}").into()));
             }
-            // The socket is full: the writer task waits for it to drain.
+            // The socket is full (the writer task waits for it to drain), or
+            // more was queued meanwhile (the writer task writes it).
             Poll::Pending => {
                 drop(sink);
                 self.outbox.nudge();
             }
         }
         true
+    }
+}
+
+/// Closes the connection if dropped during a panic.
+struct CloseOnUnwind<'a>(&'a Shared);
+
+impl Drop for CloseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close(Error::ConnectionLost(
+                "the transport panicked while writing".into(),
+            ));
+        }
     }
 }
 

@@ -620,6 +620,17 @@ impl Shared {
         Ok(id)
     }
 
+    /// The held releases are due: the next write takes them (the writer is
+    /// woken for it).
+    fn releases_due(&self) {
+        {
+            let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            control.releases_due = true;
+            self.release_due.store(u64::MAX, Ordering::Release);
+        }
+        self.control_queued();
+    }
+
     /// Something has a deadline at `ms`: the timer task must wake by then.
     fn deadline_at(&self, ms: u64) {
         if ms < self.next_deadline.load(Ordering::Acquire) {
@@ -658,17 +669,6 @@ impl Shared {
             } else {
                 next = next.min(entry.deadline);
             }
-        }
-        match self.release_due.load(Ordering::Acquire) {
-            u64::MAX => {}
-            at if at <= now => {
-                self.control
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .releases_due = true;
-                self.control_queued();
-            }
-            at => next = next.min(at),
         }
         self.next_deadline.fetch_min(next, Ordering::SeqCst);
         for id in due {
@@ -711,19 +711,21 @@ impl Shared {
                 _ => control.releases.push((id, refs)),
             }
             let backlog = control.releases.len();
-            let due =
-                (backlog == 1 && self.release_due.load(Ordering::Acquire) == u64::MAX).then(|| {
-                    let due = self.now_ms().saturating_add(RELEASE_DELAY_MS);
-                    self.release_due.store(due, Ordering::Release);
-                    due
-                });
+            // The first of a batch sets when the batch leaves.
+            let due = !control.releases_due && self.release_due.load(Ordering::Acquire) == u64::MAX;
+            if due {
+                let at = self.now_ms().saturating_add(RELEASE_DELAY_MS);
+                self.release_due.store(at, Ordering::Release);
+            }
             if backlog >= RELEASES_PER_MESSAGE {
                 control.releases_due = true;
             }
             (backlog, due)
         };
-        if let Some(due) = due {
-            self.deadline_at(due);
+        if due {
+            // The timer task sleeps until then, or less (about once per
+            // RELEASE_DELAY_MS while objects are being released).
+            self.deadline_moved.notify_one();
         }
         if backlog >= RELEASES_PER_MESSAGE {
             self.control_queued();

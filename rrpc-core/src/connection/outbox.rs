@@ -26,7 +26,7 @@ use crate::wire::{self, Message};
 /// Byte strings from this size up are queued without a copy.
 pub(super) const BIG: usize = 64 * 1024;
 /// A reused buffer larger than this is dropped instead of kept.
-const KEEP_CAPACITY: usize = 256 * 1024;
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// A run of bytes in a [`Frames`].
 pub(super) enum Chunk {
@@ -178,9 +178,18 @@ impl Frames {
             other.clear();
             return;
         }
+        // The first small buffer of `other` is copied in and given back
+        // empty, for reuse.
+        let mut kept = None;
         for chunk in other.chunks.drain(..) {
             match chunk {
-                Chunk::Owned(v) if v.len() < BIG => self.copy_in(&v),
+                Chunk::Owned(mut v) if v.len() < BIG => {
+                    self.copy_in(&v);
+                    if kept.is_none() && v.capacity() <= KEEP_CAPACITY {
+                        v.clear();
+                        kept = Some(v);
+                    }
+                }
                 Chunk::Owned(v) => {
                     self.len += v.len();
                     self.chunks.push(Chunk::Owned(v));
@@ -188,6 +197,7 @@ impl Frames {
                 Chunk::Shared(b) => self.share(b),
             }
         }
+        other.chunks.extend(kept.map(Chunk::Owned));
         other.len = 0;
     }
 }

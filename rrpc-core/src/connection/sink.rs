@@ -51,6 +51,10 @@ pub(super) struct Sink {
     /// The last poll found the socket full: the writer task waits for it,
     /// and producers must not poll (their no-op waker would replace its).
     stalled: bool,
+    /// How many more times this poll may take from the source (a producer
+    /// writing inline takes once, then hands over: it is not kept writing
+    /// for others).
+    takes_left: Option<usize>,
 }
 
 impl Sink {
@@ -62,6 +66,7 @@ impl Sink {
             offset: 0,
             unflushed: false,
             stalled: false,
+            takes_left: None,
         }
     }
 
@@ -88,11 +93,15 @@ impl Sink {
         poll
     }
 
-    /// [`poll_drive`](Self::poll_drive) with a waker that wakes nobody: for
-    /// producers, who hand a `Pending` over to the writer task.
+    /// [`poll_drive`](Self::poll_drive) with a waker that wakes nobody, and
+    /// one take from the source: for producers, who hand a `Pending` (a
+    /// full socket, or more queued meanwhile) over to the writer task.
     pub(super) fn poll_drive_inline(&mut self, outbox: &impl Source) -> Poll<std::io::Result<()>> {
         let mut cx = Context::from_waker(Waker::noop());
-        self.poll_drive(outbox, &mut cx)
+        self.takes_left = Some(1);
+        let poll = self.poll_drive(outbox, &mut cx);
+        self.takes_left = None;
+        poll
     }
 
     fn drive(&mut self, outbox: &impl Source, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -115,9 +124,17 @@ impl Sink {
                 }
                 self.current.clear();
                 (self.at, self.offset) = (0, 0);
+                let done_its_share = self.takes_left == Some(0);
+                if let Some(n) = &mut self.takes_left {
+                    *n = n.saturating_sub(1);
+                }
                 outbox.take(&mut self.current);
                 if self.current.is_empty() {
                     return Poll::Ready(Ok(()));
+                }
+                if done_its_share {
+                    // More was queued meanwhile: the writer task writes it.
+                    return Poll::Pending;
                 }
                 continue;
             }
@@ -208,5 +225,44 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A source that always has one more small batch, up to `left`.
+    struct Endless {
+        left: std::cell::Cell<usize>,
+    }
+
+    impl Source for Endless {
+        fn take(&self, into: &mut Frames) {
+            if self.left.get() > 0 {
+                self.left.set(self.left.get() - 1);
+                into.encode(&Message::Ping, &[], usize::MAX).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_producer_writes_one_batch_and_leaves_the_rest_to_the_writer() {
+        let (w, mut r) = tokio::io::duplex(1 << 16);
+        let source = Endless {
+            left: std::cell::Cell::new(3),
+        };
+        let mut sink = Sink::new(Box::new(w));
+        let mut ping = Vec::new();
+        crate::wire::encode_into(&Message::Ping, &mut ping).unwrap();
+        // Its own batch is written; the next one is taken but left.
+        assert!(sink.poll_drive_inline(&source).is_pending());
+        let mut got = vec![0u8; ping.len()];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, ping);
+        assert_eq!(source.left.get(), 1);
+        // The writer task writes the rest, and finds the source empty.
+        std::future::poll_fn(|cx| sink.poll_drive(&source, cx))
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; 2 * ping.len()];
+        r.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, [ping.clone(), ping].concat());
+        assert!(sink.is_free());
     }
 }

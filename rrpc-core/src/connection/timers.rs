@@ -8,7 +8,7 @@
 //! single default timeout, that is one wake-up per timeout period, however
 //! many calls are made.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,14 +40,13 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         active: Instant::now(),
     };
     loop {
-        let deadline = match shared.next_deadline.load(Ordering::Acquire) {
+        let at = |ms: &AtomicU64| match ms.load(Ordering::Acquire) {
             u64::MAX => None,
             ms => Some(started + Duration::from_millis(ms)),
         };
-        let wake = match (deadline, next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = at(&shared.next_deadline);
+        let releases = at(&shared.release_due);
+        let wake = [deadline, releases, next_tick].into_iter().flatten().min();
         tokio::select! {
             _ = shared.closed.cancelled() => return,
             // An earlier deadline: sleep again, for it.
@@ -57,6 +56,9 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         let now = Instant::now();
         if deadline.is_some_and(|d| d <= now) {
             shared.expire();
+        }
+        if releases.is_some_and(|d| d <= now) {
+            shared.releases_due();
         }
         if let (Some(tick), Some(at)) = (tick, next_tick) {
             if at <= now {
