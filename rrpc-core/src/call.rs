@@ -49,9 +49,13 @@ impl Call {
     /// Starts the call and returns at once; the reply is collected by the
     /// connection's background task.
     ///
-    /// The request is sent from here, and the reply goes straight into the
-    /// [`AsyncResult`]: no task per call. (Only when the peer is not reading
-    /// and the connection's send buffer is full does a task wait for room.)
+    /// The request is sent from here (calls started one after another are
+    /// written together, from the calling thread once a few KiB are
+    /// queued), and the reply goes straight into the [`AsyncResult`]: no
+    /// task per call. Only when the peer is not reading and the connection's
+    /// send buffer is full does a task wait for room; calls started
+    /// meanwhile may then leave before it. (Calls run concurrently on the
+    /// peer anyway: order between calls in flight is never guaranteed.)
     /// Dropping the `AsyncResult` does not cancel the call.
     pub fn start(self) -> AsyncResult {
         let result = AsyncResult::new(self.conn.runtime().clone());
