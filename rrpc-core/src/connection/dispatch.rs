@@ -78,7 +78,9 @@ impl Shared {
                 timeout_ms,
                 op,
             } => {
-                if self.running.contains_key(&id) {
+                // (Only requests with a task are in `running`, and each holds
+                // an in-flight slot: no lookup while none is.)
+                if self.in_flight.load(Ordering::Acquire) > 0 && self.running.contains_key(&id) {
                     // Its reply, its cancel and its deadline would be mixed
                     // up with those of the request already running.
                     return Err(format!("request id {id} is already in use"));

@@ -21,6 +21,10 @@ use super::{Shared, RELEASES_PER_MESSAGE};
 /// outbox.
 const COALESCE_BYTES: usize = 64 * 1024;
 
+/// Bytes a producer writing inline writes at most (its own frames and
+/// whatever others queued meanwhile) before it leaves the rest to the
+/// writer task.
+const INLINE_BUDGET: usize = 256 * 1024;
 /// How long the last frames (a goodbye) may take to leave once closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -234,14 +238,18 @@ impl Shared {
         // A transport that panics here would leave the writer thinking it
         // has work in hand: the connection is closed instead of stalling.
         let _unwind = CloseOnUnwind(self);
-        match sink.poll_drive_inline(self) {
-            Poll::Ready(Ok(())) => {}
+        match sink.poll_drive_inline(self, INLINE_BUDGET) {
+            Poll::Ready(Ok(false)) => {}
+            // Its share is written; the rest is the writer task's.
+            Poll::Ready(Ok(true)) => {
+                drop(sink);
+                self.outbox.nudge();
+            }
             Poll::Ready(Err(e)) => {
                 drop(sink);
                 self.close(Error::ConnectionLost(format!("write failed: {e}").into()));
             }
-            // The socket is full (the writer task waits for it to drain), or
-            // more was queued meanwhile (the writer task writes it).
+            // The socket is full: the writer task waits for it to drain.
             Poll::Pending => {
                 drop(sink);
                 self.outbox.nudge();

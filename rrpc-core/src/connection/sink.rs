@@ -51,10 +51,11 @@ pub(super) struct Sink {
     /// The last poll found the socket full: the writer task waits for it,
     /// and producers must not poll (their no-op waker would replace its).
     stalled: bool,
-    /// How many more times this poll may take from the source (a producer
-    /// writing inline takes once, then hands over: it is not kept writing
-    /// for others).
-    takes_left: Option<usize>,
+    /// Bytes a producer writing inline may still write before it hands the
+    /// rest over to the writer task (it is not kept writing for others).
+    budget: Option<usize>,
+    /// The budget ran out with frames still queued.
+    more: bool,
 }
 
 impl Sink {
@@ -66,7 +67,8 @@ impl Sink {
             offset: 0,
             unflushed: false,
             stalled: false,
-            takes_left: None,
+            budget: None,
+            more: false,
         }
     }
 
@@ -93,15 +95,21 @@ impl Sink {
         poll
     }
 
-    /// [`poll_drive`](Self::poll_drive) with a waker that wakes nobody, and
-    /// one take from the source: for producers, who hand a `Pending` (a
-    /// full socket, or more queued meanwhile) over to the writer task.
-    pub(super) fn poll_drive_inline(&mut self, outbox: &impl Source) -> Poll<std::io::Result<()>> {
+    /// [`poll_drive`](Self::poll_drive) with a waker that wakes nobody, for
+    /// producers: they hand a `Pending` (a full socket) over to the writer
+    /// task, and stop taking more once `budget` bytes are written (then
+    /// `Ready(Ok(true))`: the writer task must be woken for the rest).
+    pub(super) fn poll_drive_inline(
+        &mut self,
+        outbox: &impl Source,
+        budget: usize,
+    ) -> Poll<std::io::Result<bool>> {
         let mut cx = Context::from_waker(Waker::noop());
-        self.takes_left = Some(1);
+        self.budget = Some(budget);
+        self.more = false;
         let poll = self.poll_drive(outbox, &mut cx);
-        self.takes_left = None;
-        poll
+        self.budget = None;
+        poll.map_ok(|()| std::mem::take(&mut self.more))
     }
 
     fn drive(&mut self, outbox: &impl Source, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -124,17 +132,14 @@ impl Sink {
                 }
                 self.current.clear();
                 (self.at, self.offset) = (0, 0);
-                let done_its_share = self.takes_left == Some(0);
-                if let Some(n) = &mut self.takes_left {
-                    *n = n.saturating_sub(1);
+                if self.budget == Some(0) {
+                    // Done with its share: what is queued is the writer's.
+                    self.more = true;
+                    return Poll::Ready(Ok(()));
                 }
                 outbox.take(&mut self.current);
                 if self.current.is_empty() {
                     return Poll::Ready(Ok(()));
-                }
-                if done_its_share {
-                    // More was queued meanwhile: the writer task writes it.
-                    return Poll::Pending;
                 }
                 continue;
             }
@@ -160,6 +165,9 @@ impl Sink {
                 Poll::Pending => return Poll::Pending,
             };
             self.unflushed = true;
+            if let Some(budget) = &mut self.budget {
+                *budget = budget.saturating_sub(written);
+            }
             while written > 0 && self.at < chunks.len() {
                 let left = chunks[self.at].as_slice().len() - self.offset;
                 if written >= left {
@@ -210,7 +218,7 @@ mod tests {
         crate::wire::encode_into(&msg, &mut expected).unwrap();
         outbox.push_quietly(&mut frames);
         let mut sink = Sink::new(Box::new(w));
-        assert!(sink.poll_drive_inline(&outbox).is_pending());
+        assert!(sink.poll_drive_inline(&outbox, usize::MAX).is_pending());
         assert!(!sink.is_free(), "a stalled sink is the writer's");
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; expected.len()];
@@ -242,7 +250,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_producer_writes_one_batch_and_leaves_the_rest_to_the_writer() {
+    async fn a_producer_writes_its_budget_and_leaves_the_rest_to_the_writer() {
         let (w, mut r) = tokio::io::duplex(1 << 16);
         let source = Endless {
             left: std::cell::Cell::new(3),
@@ -250,12 +258,17 @@ mod tests {
         let mut sink = Sink::new(Box::new(w));
         let mut ping = Vec::new();
         crate::wire::encode_into(&Message::Ping, &mut ping).unwrap();
-        // Its own batch is written; the next one is taken but left.
-        assert!(sink.poll_drive_inline(&source).is_pending());
+        // A budget of one byte: one batch is written, the rest is left to
+        // the writer (and the sink stays free: the socket is not full).
+        match sink.poll_drive_inline(&source, 1) {
+            Poll::Ready(Ok(more)) => assert!(more, "more is queued"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(sink.is_free());
         let mut got = vec![0u8; ping.len()];
         r.read_exact(&mut got).await.unwrap();
         assert_eq!(got, ping);
-        assert_eq!(source.left.get(), 1);
+        assert_eq!(source.left.get(), 2);
         // The writer task writes the rest, and finds the source empty.
         std::future::poll_fn(|cx| sink.poll_drive(&source, cx))
             .await
