@@ -23,7 +23,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Bytes waiting for the writer beyond which calls and replies wait
     /// for the peer to read (default 1 MiB). Bounds a connection's send
-    /// queue to about twice this plus one frame per waiting caller.
+    /// queue to about twice this, plus one frame per caller that found room
+    /// just before it filled up.
     pub max_write_buffer: usize,
     /// Longest string or byte string accepted in one value (default 16 MiB).
     pub max_bytes_len: usize,
