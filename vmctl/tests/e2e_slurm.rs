@@ -23,18 +23,18 @@
 mod batch_support;
 mod common;
 
+use common::{next_event, recorder};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use batch_support::{init_tracing, wait_for, SlurmCluster};
-use rrpc_client::{from_value, Function, Value};
-use tokio::sync::mpsc;
+use rrpc_client::{from_value, Value};
 use vmctl::agent::report::VmInfo;
 use vmctl::batch::{
     Batch, JobId, JobQuery, JobSpec, JobState, SlurmBackend, SlurmConfig, SqueueFormat,
 };
-use vmctl::integrator::service::{Event, IntegratorService, Status};
+use vmctl::integrator::service::{IntegratorService, Status};
 use vmctl::integrator::{Integrator, IntegratorConfig, Policy};
 
 /// Slurm's kill wait in these tests (SIGTERM → SIGKILL on scancel).
@@ -257,34 +257,6 @@ fn scancel_of_a_vm_launch_job_powers_its_vms_down_gracefully_within_the_kill_wai
     });
 }
 
-/// A client callback that forwards every integrator event to a channel.
-fn recorder() -> (Value, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let f = Function::from_async("on_event", move |_cx, mut args| {
-        let tx = tx.clone();
-        async move {
-            let event: Event = args.take(0, "event")?;
-            let _ = tx.send(event);
-            Ok(())
-        }
-    });
-    (f.into_value(), rx)
-}
-
-async fn next_kind(rx: &mut mpsc::UnboundedReceiver<Event>, kind: &str, within: Duration) -> Event {
-    tokio::time::timeout(within, async {
-        loop {
-            let e = rx.recv().await.expect("the subscription ended");
-            eprintln!("event {}: {}", e.kind, e.detail);
-            if e.kind == kind {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} event within {within:?}"))
-}
-
 #[test]
 fn user_jobs_bring_vms_up_and_an_empty_queue_shuts_them_down() {
     let (cluster, _turn) = slurm();
@@ -375,14 +347,14 @@ fn user_jobs_bring_vms_up_and_an_empty_queue_shuts_them_down() {
         service.start_loop(Duration::from_secs(1), 0.2);
 
         // 3 user jobs at 2 VMs per node: 2 nodes wanted, max_nodes 1.
-        let ev = next_kind(&mut events, "cycle", Duration::from_secs(30)).await;
+        let ev = next_event(&mut events, &["cycle"], Duration::from_secs(30)).await;
         let report = ev.report.unwrap();
         assert_eq!(report.observation.user_pending, 3, "{report:?}");
         assert_eq!(report.submitted.len(), 1, "{report:?}");
         let launch = report.submitted[0].clone();
 
         // The guest boots and the launch job registers it.
-        let ev = next_kind(&mut events, "registered", Duration::from_secs(150)).await;
+        let ev = next_event(&mut events, &["registered"], Duration::from_secs(150)).await;
         let t_ready = t0.elapsed();
         assert!(ev.detail.contains("job-"), "{ev:?}");
         let status: Status = from_value(integrator.call("status", ()).await.unwrap()).unwrap();
@@ -403,7 +375,7 @@ fn user_jobs_bring_vms_up_and_an_empty_queue_shuts_them_down() {
         let t_jobs = t0.elapsed();
 
         // The queue is empty: the block is shut down through `exp`.
-        let ev = next_kind(&mut events, "shutdown", Duration::from_secs(60)).await;
+        let ev = next_event(&mut events, &["shutdown"], Duration::from_secs(60)).await;
         assert!(ev.detail.contains("1 VM(s) powered down"), "{ev:?}");
         let t_shutdown = t0.elapsed();
         let launch_job = wait_for(&*slurm, &launch, 1, Duration::from_secs(60), |j| {

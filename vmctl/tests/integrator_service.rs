@@ -8,16 +8,18 @@
 //! booting VMs is the e2e test's part.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rrpc_client::{from_value, Function, Value};
+use common::{next_event, recorder};
+use rrpc_client::{from_value, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
 use vmctl::agent::{serve, AgentConfig, NodeAgent};
 use vmctl::batch::{Batch, JobQuery, JobSpec, LocalBackend, LocalConfig};
-use vmctl::integrator::service::{Event, IntegratorService, ShutdownOutcome, Status};
+use vmctl::integrator::service::{IntegratorService, ShutdownOutcome, Status};
 use vmctl::integrator::{CycleReport, Integrator, IntegratorConfig, Policy};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -29,33 +31,6 @@ fn local(max_running: usize) -> LocalBackend {
         ..LocalConfig::default()
     })
     .unwrap()
-}
-
-/// A client callback that forwards every event to a channel.
-fn recorder() -> (Value, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let f = Function::from_async("on_event", move |_cx, mut args| {
-        let tx = tx.clone();
-        async move {
-            let event: Event = args.take(0, "event")?;
-            let _ = tx.send(event);
-            Ok(())
-        }
-    });
-    (f.into_value(), rx)
-}
-
-async fn next_kind(rx: &mut mpsc::UnboundedReceiver<Event>, kind: &str) -> Event {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let e = rx.recv().await.expect("the subscription ended");
-            if e.kind == kind {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} event"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +103,7 @@ async fn the_integrator_served_over_rrpc() {
         assert_eq!(report.observation.user_pending, 2, "{report:?}");
         assert_eq!(report.observation.user_running, 1, "{report:?}");
         assert_eq!(report.submitted.len(), 1, "{report:?}");
-        let ev = next_kind(&mut events, "cycle").await;
+        let ev = next_event(&mut events, &["cycle"], Duration::from_secs(30)).await;
         assert!(ev.detail.contains("submit 1"), "{ev:?}");
         assert_eq!(ev.report.unwrap().submitted, report.submitted);
 
@@ -142,7 +117,7 @@ async fn the_integrator_served_over_rrpc() {
         .unwrap();
         assert_eq!(policy.vms_per_node, 1);
         assert_eq!(policy.max_nodes, 2, "untouched fields stay");
-        next_kind(&mut events, "policy").await;
+        next_event(&mut events, &["policy"], Duration::from_secs(30)).await;
         let report: CycleReport =
             from_value(integrator.call("run_cycle", ()).await.unwrap()).unwrap();
         assert_eq!(report.submitted.len(), 1, "{report:?}");
@@ -166,7 +141,7 @@ async fn the_integrator_served_over_rrpc() {
                 .call("register_vm", ("blk-a", i, format!("10.0.2.{}", 15 + i)))
                 .await
                 .unwrap();
-            let ev = next_kind(&mut events, "registered").await;
+            let ev = next_event(&mut events, &["registered"], Duration::from_secs(30)).await;
             assert!(ev.detail.contains("blk-a"), "{ev:?}");
         }
         integrator
@@ -222,7 +197,7 @@ async fn the_integrator_served_over_rrpc() {
         assert_eq!(report.shutdowns.len(), 1, "{report:?}");
         assert_eq!(report.shutdowns[0].block, "blk-a");
         assert_eq!(report.shutdown_jobs.len(), 1, "{report:?}");
-        let ev = next_kind(&mut events, "shutdown").await;
+        let ev = next_event(&mut events, &["shutdown"], Duration::from_secs(30)).await;
         assert!(ev.detail.contains("powered down"), "{ev:?}");
         assert_eq!(ev.vms.ready, 0, "{ev:?}");
         assert_eq!(ev.vms.blocks_shut_down, 1, "{ev:?}");

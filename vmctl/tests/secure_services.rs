@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::{next_event, recorder};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,13 +20,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rrpc_client::tls::TlsClient;
-use rrpc_client::{from_value, Error, Function, Value};
+use rrpc_client::{from_value, Error};
 use rrpc_core::handshake::Secret;
 use rrpc_server::tls::ClusterCerts;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::mpsc;
-use vmctl::integrator::service::{Event, ShutdownOutcome, Status};
+use vmctl::integrator::service::{ShutdownOutcome, Status};
 use vmctl::security::ClientSecurity;
 
 /// Every test's overall limit (the QEMU one boots a guest under TCG).
@@ -166,34 +166,6 @@ async fn integrator_status(conn: &rrpc_client::Connection) -> Status {
         .into_proxy()
         .unwrap();
     from_value(integrator.call("status", ()).await.unwrap()).unwrap()
-}
-
-/// A client callback that forwards every event to a channel.
-fn recorder() -> (Value, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let f = Function::from_async("on_event", move |_cx, mut args| {
-        let tx = tx.clone();
-        async move {
-            let event: Event = args.take(0, "event")?;
-            let _ = tx.send(event);
-            Ok(())
-        }
-    });
-    (f.into_value(), rx)
-}
-
-/// The next event of one of `kinds`.
-async fn next_of(rx: &mut mpsc::UnboundedReceiver<Event>, kinds: &[&str], within: u64) -> Event {
-    tokio::time::timeout(Duration::from_secs(within), async {
-        loop {
-            let e = rx.recv().await.expect("the subscription ended");
-            if kinds.contains(&e.kind.as_str()) {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kinds:?} event within {within} s"))
 }
 
 #[tokio::test]
@@ -487,7 +459,12 @@ async fn a_shutdown_job_reaches_a_secured_integrator_which_reaches_a_secured_age
             from_value(proxy.call("run_cycle", ()).await.unwrap()).unwrap();
         assert_eq!(report.shutdowns.len(), 1, "{report:?}");
         assert_eq!(report.shutdown_jobs.len(), 1, "{report:?}");
-        let ev = next_of(&mut events, &["shutdown", "shutdown_dropped"], 60).await;
+        let ev = next_event(
+            &mut events,
+            &["shutdown", "shutdown_dropped"],
+            Duration::from_secs(60),
+        )
+        .await;
         assert_eq!(ev.kind, "shutdown", "{ev:?}");
         assert!(ev.detail.contains("powered down"), "{ev:?}");
         assert_eq!(ev.vms.blocks_shut_down, 1, "{ev:?}");
@@ -585,7 +562,7 @@ async fn a_launch_job_registers_with_a_secured_integrator_which_powers_it_down()
         .await;
 
         // The VM boots and registers through TLS with the secret.
-        let ev = next_of(&mut events, &["registered"], 150).await;
+        let ev = next_event(&mut events, &["registered"], Duration::from_secs(150)).await;
         assert!(ev.detail.contains("blk-vm"), "{ev:?}");
         let status = integrator_status(&conn).await;
         assert_eq!(status.blocks.len(), 1, "{status:?}");

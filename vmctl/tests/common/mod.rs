@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rrpc_client::{Function, Value};
+use tokio::sync::mpsc;
 use vmctl::console::ReadyPattern;
+use vmctl::integrator::service::Event;
 use vmctl::qemu::VmSpec;
 
 /// Every test's overall limit.
@@ -79,4 +82,39 @@ pub fn guest_spec(name: &str, run_dir: &Path, append: &str) -> VmSpec {
 /// The guest's readiness line.
 pub fn guest_ready() -> ReadyPattern {
     ReadyPattern::regex(r"^GUEST-READY mac=\S+ ip=\S+").unwrap()
+}
+
+/// A client callback that forwards every integrator event to a channel
+/// (pass it to the integrator's `subscribe`).
+pub fn recorder() -> (Value, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let f = Function::from_async("on_event", move |_cx, mut args| {
+        let tx = tx.clone();
+        async move {
+            let event: Event = args.take(0, "event")?;
+            let _ = tx.send(event);
+            Ok(())
+        }
+    });
+    (f.into_value(), rx)
+}
+
+/// The next event of one of `kinds`, within `within` (the others are
+/// logged and skipped).
+pub async fn next_event(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    kinds: &[&str],
+    within: Duration,
+) -> Event {
+    tokio::time::timeout(within, async {
+        loop {
+            let e = rx.recv().await.expect("the subscription ended");
+            eprintln!("event {}: {}", e.kind, e.detail);
+            if kinds.contains(&e.kind.as_str()) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kinds:?} event within {within:?}"))
 }
