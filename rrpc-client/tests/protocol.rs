@@ -220,40 +220,45 @@ async fn read_reply(s: &mut TcpStream) -> (u64, Result<Vec<u8>, String>) {
     }
 }
 
+/// One message as a frame.
+fn frame(msg: Message<'_>) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::encode_into(&msg, &mut frame).unwrap();
+    frame
+}
+
+/// Asks the server, over a raw session, for `root.worker`; its object id.
+async fn raw_worker(s: &mut TcpStream) -> u64 {
+    s.write_all(&frame(Message::Request {
+        id: 1,
+        target: 0,
+        timeout_ms: 5000,
+        op: wire::Op::GetAttr {
+            name: "worker".into(),
+        },
+    }))
+    .await
+    .unwrap();
+    let (id, reply) = read_reply(s).await;
+    assert_eq!(id, 1);
+    match wire::decode(&reply.unwrap(), LIMITS).unwrap() {
+        Message::Reply {
+            result: Ok(wire::WireValue::SenderRef { id, .. }),
+            ..
+        } => id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_request_whose_caller_never_cancels_is_stopped_at_its_deadline() {
     within(20, async {
         let t = start().await;
         let mut s = raw_session(&t.addr).await;
-        let send = |msg: Message<'static>| {
-            let mut frame = Vec::new();
-            wire::encode_into(&msg, &mut frame).unwrap();
-            frame
-        };
-        // root.worker, by reference.
-        s.write_all(&send(Message::Request {
-            id: 1,
-            target: 0,
-            timeout_ms: 5000,
-            op: wire::Op::GetAttr {
-                name: "worker".into(),
-            },
-        }))
-        .await
-        .unwrap();
-        let (id, reply) = read_reply(&mut s).await;
-        assert_eq!(id, 1);
-        let payload = reply.unwrap();
-        let worker = match wire::decode(&payload, LIMITS).unwrap() {
-            Message::Reply {
-                result: Ok(wire::WireValue::SenderRef { id, .. }),
-                ..
-            } => id,
-            other => panic!("unexpected {other:?}"),
-        };
+        let worker = raw_worker(&mut s).await;
         // worker.work(1500) with a deadline of 200 ms, and no cancel ever.
         let started = std::time::Instant::now();
-        s.write_all(&send(Message::Request {
+        s.write_all(&frame(Message::Request {
             id: 2,
             target: worker,
             timeout_ms: 200,
@@ -290,32 +295,10 @@ async fn a_request_id_already_running_is_a_protocol_violation() {
         let t = start().await;
         let good = rrpc_client::connect(&t.addr).await.unwrap();
         let mut s = raw_session(&t.addr).await;
-        let send = |msg: Message<'static>| {
-            let mut frame = Vec::new();
-            wire::encode_into(&msg, &mut frame).unwrap();
-            frame
-        };
-        s.write_all(&send(Message::Request {
-            id: 1,
-            target: 0,
-            timeout_ms: 5000,
-            op: wire::Op::GetAttr {
-                name: "worker".into(),
-            },
-        }))
-        .await
-        .unwrap();
-        let (_, reply) = read_reply(&mut s).await;
-        let worker = match wire::decode(&reply.unwrap(), LIMITS).unwrap() {
-            Message::Reply {
-                result: Ok(wire::WireValue::SenderRef { id, .. }),
-                ..
-            } => id,
-            other => panic!("unexpected {other:?}"),
-        };
+        let worker = raw_worker(&mut s).await;
         // Two requests numbered 7 while the first still runs.
         let work = |id| {
-            send(Message::Request {
+            frame(Message::Request {
                 id,
                 target: worker,
                 timeout_ms: 5000,
