@@ -752,7 +752,7 @@ impl Shared {
         if frame.encode(&goodbye, &[], usize::MAX).is_ok() {
             // One small frame, whatever is queued: the writer's last flush
             // sends it if the peer still reads.
-            self.outbox.push(&mut frame);
+            self.send(&mut frame, usize::MAX);
         }
         self.close(reason);
     }

@@ -52,6 +52,15 @@ pub(super) struct Frames {
     len: usize,
 }
 
+/// Keeps `v`, emptied, as the buffer to reuse, unless one is kept already
+/// or it is too large to hold on to.
+fn keep(kept: &mut Option<Vec<u8>>, mut v: Vec<u8>) {
+    if kept.is_none() && v.capacity() <= KEEP_CAPACITY {
+        v.clear();
+        *kept = Some(v);
+    }
+}
+
 /// Where a [`Frames`] stood, to roll an unfinished frame back.
 struct Mark {
     chunks: usize,
@@ -77,11 +86,8 @@ impl Frames {
     pub(super) fn clear(&mut self) {
         let mut kept = None;
         for chunk in self.chunks.drain(..) {
-            if let Chunk::Owned(mut v) = chunk {
-                if kept.is_none() && v.capacity() <= KEEP_CAPACITY {
-                    v.clear();
-                    kept = Some(v);
-                }
+            if let Chunk::Owned(v) = chunk {
+                keep(&mut kept, v);
             }
         }
         self.chunks.extend(kept.map(Chunk::Owned));
@@ -183,12 +189,9 @@ impl Frames {
         let mut kept = None;
         for chunk in other.chunks.drain(..) {
             match chunk {
-                Chunk::Owned(mut v) if v.len() < BIG => {
+                Chunk::Owned(v) if v.len() < BIG => {
                     self.copy_in(&v);
-                    if kept.is_none() && v.capacity() <= KEEP_CAPACITY {
-                        v.clear();
-                        kept = Some(v);
-                    }
+                    keep(&mut kept, v);
                 }
                 Chunk::Owned(v) => {
                     self.len += v.len();
@@ -323,7 +326,9 @@ impl Outbox {
     }
 
     /// Appends `frames` (leaving it empty), whatever is queued already,
-    /// and wakes the writer if it waits.
+    /// and wakes the writer if it waits (the connection uses
+    /// `Shared::send`, which may also write them itself).
+    #[cfg(test)]
     pub(super) fn push(&self, frames: &mut Frames) {
         if self.push_quietly(frames).wake {
             self.nudge();
