@@ -183,7 +183,7 @@ impl Remote for Bench {
             "inc" => int_arg(&args, 0, "n").map(|n| n.wrapping_add(1)).into(),
             // Calls the caller's callback once with n and returns its answer.
             "call_back" => {
-                let f = args.take_value(0, "f").and_then(|f| Ok(f.into_proxy()?));
+                let f = args.take_proxy(0, "f");
                 let n = int_arg(&args, 1, "n");
                 Reply::future(async move { Ok::<_, RemoteError>(f?.invoke((n?,)).await?) })
             }

@@ -186,6 +186,18 @@ impl Args {
         }
     }
 
+    /// Takes argument `index` (named `name` in errors), which must be a
+    /// remote object passed by reference (a callback, say).
+    pub fn take_proxy(&mut self, index: usize, name: &str) -> Result<crate::Proxy, RemoteError> {
+        match self.take_value(index, name)? {
+            Value::Proxy(p) => Ok(p),
+            other => Err(RemoteError::bad_argument(format!(
+                "argument {index} (`{name}`): expected a callable passed by reference, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
     /// Takes argument `index` (named `name` in errors) converted to `T`.
     pub fn take<T: DeserializeOwned>(
         &mut self,
@@ -354,4 +366,21 @@ impl Member {
 pub fn downcast<T: Remote>(obj: &Arc<dyn Remote>) -> Option<Arc<T>> {
     let any: Arc<dyn Any + Send + Sync> = obj.clone();
     any.downcast::<T>().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_proxy_names_the_argument_when_it_is_not_a_reference() {
+        let mut args = Args::new(vec![Value::from(3)]);
+        let err = args.take_proxy(0, "callback").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("argument 0 (`callback`)"), "{text}");
+        assert!(text.contains("passed by reference"), "{text}");
+        let err = args.take_proxy(1, "more").unwrap_err();
+        assert!(err.to_string().contains("missing argument 1"), "{err}");
+    }
 }

@@ -744,15 +744,8 @@ impl<E: Batch + 'static, C: Batch + 'static> Remote for IntegratorService<E, C> 
                 Reply::future(async move { encode(&self.shutdown_block(&block, grace).await) })
             }
             "subscribe" => {
-                let callback = match args.take_value(0, "callback") {
-                    Ok(Value::Proxy(p)) => p,
-                    Ok(other) => {
-                        return Reply::err(RemoteError::bad_argument(format!(
-                            "argument 0 (`callback`): expected a callable passed by \
-                             reference, got {}",
-                            other.type_name()
-                        )))
-                    }
+                let callback = match args.take_proxy(0, "callback") {
+                    Ok(callback) => callback,
                     Err(e) => return Reply::err(e),
                 };
                 self.subscribe(callback).into()
