@@ -460,3 +460,50 @@ fn the_blocking_api_works_from_a_plain_thread() {
     assert_eq!((four.as_i64(), five.as_i64()), (Some(4), Some(5)));
     rt.block_on(t.server.stop());
 }
+
+/// A handler that waits for the caller's callback holds no task on either
+/// side: the server's handler is parked until the callback's reply wakes it
+/// on the reader, and so is the client's callback until the test releases it
+/// (a wake-up from elsewhere, which promotes it to a task of its own). Once
+/// all is answered, nothing is left behind.
+#[tokio::test]
+async fn a_handler_waiting_for_a_callback_holds_no_task() {
+    within(20, async {
+        let t = start().await;
+        let conn = rrpc_client::connect(&t.addr).await.unwrap();
+        let root = conn.root();
+        assert!(root.get("map").await.is_ok());
+        let entered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (entered2, gate2) = (entered.clone(), gate.clone());
+        let callback = Function::from_async("cb", move |_cx, args| {
+            let (entered, gate) = (entered2.clone(), gate2.clone());
+            async move {
+                let n = args.get(0).and_then(Value::as_i64).unwrap_or(0);
+                entered.store(true, Ordering::SeqCst);
+                gate.notified().await;
+                Ok::<_, rrpc_client::RemoteError>(n + 1)
+            }
+        });
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let result = root
+            .call("map", (callback.into_value(), vec![Value::from(41)]))
+            .start();
+        assert!(eventually(10, || entered.load(Ordering::SeqCst)).await);
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before,
+            "the server's handler and the client's callback wait without a task"
+        );
+        gate.notify_one();
+        let value = tokio::time::timeout(Duration::from_secs(10), result)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(value, Value::List(vec![Value::from(42)]));
+        assert!(eventually(10, || metrics.num_alive_tasks() == before).await);
+        assert_eq!(conn.stats().running_requests, 0);
+    })
+    .await
+}

@@ -2,9 +2,11 @@
 //!
 //! A request whose handler answers at once ([`Reply::Ready`]) is served
 //! inline by the reader: no task, no timer, and its reply joins the batch the
-//! reader writes after the burst of frames it is handling. A handler that
-//! returns a future or blocking work gets a task of its own, registered so
-//! that the peer can cancel it and bounded by the in-flight limit.
+//! reader writes after the burst of frames it is handling. So does an async
+//! handler that finishes at its first poll. One that is pending is *parked*
+//! ([`super::parked`]): registered so that the peer can cancel it, bounded by
+//! the in-flight limit, and polled again by the reader or by a task of its
+//! own, depending on what wakes it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,10 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::task::Poll;
+
 use crate::cancel::Cancel;
 use bytes::Bytes;
-use futures::FutureExt;
-use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, RemoteError};
 use crate::objects::ROOT_ID;
@@ -26,11 +28,12 @@ use crate::wire::{Message, Op};
 
 use super::codec::ConnRef;
 use super::outbox::Frames;
-use super::{with_scratch, Connection, Running, Shared};
+use super::parked::{Parked, Request};
+use super::{with_scratch, Connection, Shared};
 
 /// What a request asked for, kept to name it in errors and logs (the names
 /// borrowed from the frame; owned only by a request that gets a task).
-enum What<'a> {
+pub(super) enum What<'a> {
     Call(Cow<'a, str>),
     Invoke,
     GetAttr(Cow<'a, str>),
@@ -39,7 +42,7 @@ enum What<'a> {
 }
 
 impl What<'_> {
-    fn into_owned(self) -> What<'static> {
+    pub(super) fn into_owned(self) -> What<'static> {
         match self {
             What::Call(m) => What::Call(Cow::Owned(m.into_owned())),
             What::Invoke => What::Invoke,
@@ -105,7 +108,7 @@ impl Shared {
             Message::Cancel { id } => {
                 if let Some((_, running)) = self.running.remove(&id) {
                     tracing::debug!(conn = self.id, request = id, "cancelled by the peer");
-                    running.cancel.cancel();
+                    running.stop();
                 }
             }
             Message::Release { refs } => {
@@ -210,18 +213,12 @@ impl Shared {
         match reply {
             Reply::Ready(result) => {
                 let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
-                self.reply_inline(id, result, permit, replies);
+                self.reply_into(id, &result, replies);
+                drop(permit);
             }
-            Reply::Future(work) => match first_poll(work) {
-                FirstPoll::Ready(result) => {
-                    let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
-                    self.reply_inline(id, result, permit, replies);
-                }
-                FirstPoll::Pending(work) => {
-                    let what = what.into_owned();
-                    self.spawn_request(id, obj, what, timeout_ms, cancel, permit, work)
-                }
-            },
+            Reply::Future(work) => {
+                self.serve_async(id, obj, what, timeout_ms, cancel, permit, work, replies)
+            }
             Reply::Blocking(work) => {
                 let work = async move {
                     match tokio::task::spawn_blocking(work).await {
@@ -233,8 +230,8 @@ impl Shared {
                         )),
                     }
                 };
-                let what = what.into_owned();
-                self.spawn_request(id, obj, what, timeout_ms, cancel, permit, Box::pin(work));
+                let work = Box::pin(work);
+                self.serve_async(id, obj, what, timeout_ms, cancel, permit, work, replies)
             }
         }
     }
@@ -291,101 +288,71 @@ impl Shared {
         })
     }
 
-    /// Queues the reply to a request answered inline.
-    fn reply_inline(
-        self: &Arc<Shared>,
+    /// Encodes the reply to request `id` into the batch of the burst.
+    pub(super) fn reply_into(
+        &self,
         id: u64,
-        result: Result<Value, RemoteError>,
-        permit: InFlight,
+        result: &Result<Value, RemoteError>,
         replies: &mut Frames,
     ) {
         // Straight into the batch: no frame of its own, no copy.
-        if let Err(e) = self.encode_reply_into(id, &result, replies) {
+        if let Err(e) = self.encode_reply_into(id, result, replies) {
             tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}");
         }
-        drop(permit);
     }
 
+    /// Polls an async handler once, here on the reader: most that need
+    /// nothing from elsewhere finish at once and are answered inline. One
+    /// that is pending is parked (see [`super::parked`]).
     #[allow(clippy::too_many_arguments)]
-    fn spawn_request(
+    fn serve_async(
         self: &Arc<Shared>,
         id: u64,
         obj: Arc<dyn Remote>,
-        what: What<'static>,
+        what: What<'_>,
         timeout_ms: u64,
         cancel: Cancel,
         permit: InFlight,
-        work: futures::future::BoxFuture<'static, Result<Value, RemoteError>>,
+        work: Work,
+        replies: &mut Frames,
     ) {
-        // The caller gives up at its deadline and cancels; this side stops
-        // the work a little later, should the cancel not come (so the caller
-        // sees its own timeout, not this side's). The connection's timer
-        // task cancels the request then: no timer of its own.
-        let limit = (timeout_ms > 0).then(|| {
-            let timeout = Duration::from_millis(timeout_ms);
-            timeout + (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
-        });
-        let deadline = limit.map_or(u64::MAX, |limit| {
-            self.now_ms()
-                .saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
-        });
-        self.running.insert(
-            id,
-            Running {
-                cancel: cancel.clone(),
-                deadline,
-            },
-        );
-        self.deadline_at(deadline);
-        if self.is_closed() {
-            // Closed meanwhile: `close` may have cancelled the running
-            // requests before this one was among them.
-            cancel.cancel();
-        }
-        let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
-        let shared = self.clone();
-        self.tasks.spawn(
-            async move {
-                let work = AssertUnwindSafe(work).catch_unwind();
-                let outcome = tokio::select! {
-                    biased;
-                    r = work => Some(r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
-                    // By the timer task at the deadline, by the peer, or
-                    // by the connection's end.
-                    // (No answer is owed to a peer that cancelled.)
-                    _ = cancel.cancelled() => (shared.now_ms() >= deadline
-                        && shared.running.contains_key(&id))
-                    .then(|| {
-                        Err(RemoteError::new(
-                            ErrorKind::Timeout,
-                            format!("the call ran past its deadline of {limit:?} and was stopped"),
-                        ))
-                    }),
-                };
-                match outcome {
-                    Some(result) => {
-                        let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
-                        if let Err(e) = &result {
-                            tracing::debug!("request failed: {e}");
-                        }
-                        shared.send_reply(id, result).await;
-                    }
-                    None => tracing::debug!("request cancelled"),
-                }
-                // Only once the reply is queued does the request stop
-                // counting as running: a drain then closes after it, and the
-                // reply goes out before the goodbye.
-                shared.running.remove(&id);
-                if shared.running.is_empty() {
-                    shared.drained.notify_waiters();
-                }
-                drop(permit);
+        let parked = Parked::new(self, work, permit);
+        match parked.first_poll() {
+            Poll::Ready(result) => {
+                let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
+                self.reply_into(id, &result, replies);
             }
-            .instrument(span),
-        );
+            Poll::Pending => {
+                // The caller gives up at its deadline and cancels; this side
+                // stops the work a little later, should the cancel not come
+                // (so the caller sees its own timeout, not this side's). The
+                // connection's timer task cancels the request then: no timer
+                // of its own.
+                let limit = (timeout_ms > 0).then(|| {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    timeout
+                        + (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
+                });
+                let deadline = limit.map_or(u64::MAX, |limit| {
+                    self.now_ms()
+                        .saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+                });
+                let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
+                let request = Request {
+                    id,
+                    obj,
+                    what: what.into_owned(),
+                    cancel,
+                    limit,
+                    deadline,
+                    span,
+                };
+                parked.park(self, request);
+            }
+        }
     }
 
-    async fn send_reply(&self, id: u64, result: Result<Value, RemoteError>) {
+    pub(super) async fn send_reply(&self, id: u64, result: Result<Value, RemoteError>) {
         self.outbox.reserve(&self.closed).await;
         if self.is_closed() {
             return; // nobody to tell
@@ -399,10 +366,10 @@ impl Shared {
     }
 }
 
-type Work = futures::future::BoxFuture<'static, Result<Value, RemoteError>>;
+pub(super) type Work = futures::future::BoxFuture<'static, Result<Value, RemoteError>>;
 
 /// One request counted against the in-flight limit, until dropped.
-struct InFlight(Arc<Shared>);
+pub(super) struct InFlight(Arc<Shared>);
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>) -> Option<InFlight> {
@@ -421,65 +388,11 @@ impl Drop for InFlight {
     }
 }
 
-enum FirstPoll {
-    Ready(Result<Value, RemoteError>),
-    Pending(Work),
-}
-
-/// Polls a handler's future once, here on the reader: most async handlers
-/// that need nothing from elsewhere finish at once and are answered inline,
-/// with no task. One that is pending moves to a task ([`Resume`]); whatever
-/// it registered during this poll wakes that task through the forwarder.
-fn first_poll(mut work: Work) -> FirstPoll {
-    let forward = Arc::new(Forward::default());
-    let waker = futures::task::waker(forward.clone());
-    let mut cx = std::task::Context::from_waker(&waker);
-    match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut cx))) {
-        Ok(std::task::Poll::Ready(result)) => FirstPoll::Ready(result),
-        Ok(std::task::Poll::Pending) => FirstPoll::Pending(Box::pin(Resume { forward, work })),
-        Err(panic) => FirstPoll::Ready(Err(panicked(&*panic))),
-    }
-}
-
-/// Relays wake-ups given to the waker of a handler's first poll to the task
-/// that now owns the handler.
-#[derive(Default)]
-struct Forward {
-    task: futures::task::AtomicWaker,
-}
-
-impl futures::task::ArcWake for Forward {
-    fn wake_by_ref(forward: &Arc<Self>) {
-        forward.task.wake();
-    }
-}
-
-/// A handler future that was polled once before it got a task. Every poll
-/// registers the task's waker with the forwarder first, then polls the
-/// handler, so no wake-up is lost: one that came before the first poll here
-/// is moot, since this poll runs the handler anyway.
-struct Resume {
-    forward: Arc<Forward>,
-    work: Work,
-}
-
-impl std::future::Future for Resume {
-    type Output = Result<Value, RemoteError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.forward.task.register(cx.waker());
-        self.work.as_mut().poll(cx)
-    }
-}
-
-fn in_context(err: RemoteError, obj: &dyn Remote, what: &What) -> RemoteError {
+pub(super) fn in_context(err: RemoteError, obj: &dyn Remote, what: &What) -> RemoteError {
     err.context(format!("in {}: {what}", obj.type_name()))
 }
 
-fn panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {
+pub(super) fn panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -14,6 +14,7 @@ use crate::wire::{self, DecodeLimits, Message};
 
 use super::framing::FrameReader;
 use super::outbox::Frames;
+use super::parked::{serve_ready, ReaderScope};
 use super::sink::{Sink, Source};
 use super::{Shared, RELEASES_PER_MESSAGE};
 
@@ -100,8 +101,22 @@ where
 }
 
 impl Shared {
-    /// Handles one result of the frame stream; false when reading must stop.
+    /// Handles one result of the frame stream, then the parked handlers it
+    /// woke; false when reading must stop.
     fn on_frame(
+        self: &Arc<Shared>,
+        next: Option<std::io::Result<bytes::Bytes>>,
+        limits: DecodeLimits,
+        replies: &mut Frames,
+    ) -> bool {
+        let _scope = ReaderScope::enter(self);
+        let go_on = self.handle_frame(next, limits, replies);
+        serve_ready(self, replies);
+        go_on
+    }
+
+    /// Handles one result of the frame stream; false when reading must stop.
+    fn handle_frame(
         self: &Arc<Shared>,
         next: Option<std::io::Result<bytes::Bytes>>,
         limits: DecodeLimits,

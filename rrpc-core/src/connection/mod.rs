@@ -12,6 +12,7 @@ mod dispatch;
 mod framing;
 mod io;
 mod outbox;
+mod parked;
 mod sink;
 mod timers;
 
@@ -110,12 +111,26 @@ struct Control {
 /// process (the peer chooses the ids of its requests).
 type IdHash = foldhash::fast::RandomState;
 
-/// A request of the peer served by a task of its own.
+/// A request of the peer whose handler did not finish at once.
+#[derive(Clone)]
 struct Running {
     cancel: crate::cancel::Cancel,
     /// When the timer task stops it (milliseconds since the connection
     /// started; `u64::MAX` for never).
     deadline: u64,
+    parked: Arc<parked::Parked>,
+}
+
+impl Running {
+    /// Cancels the request, and wakes its handler so that it is dropped
+    /// (with a timeout reply, if the deadline passed). Never called with
+    /// the running table locked: the wake-up may finish the request (its
+    /// task dropped at once by a runtime shutting down), which takes it
+    /// out of the table.
+    fn stop(&self) {
+        self.cancel.cancel();
+        futures::task::ArcWake::wake_by_ref(&self.parked);
+    }
 }
 
 /// A call waiting for its reply.
@@ -647,6 +662,7 @@ impl Shared {
         // Whatever is registered from here on lowers this again.
         self.next_deadline.store(u64::MAX, Ordering::SeqCst);
         let mut due = Vec::new();
+        let mut stopping = Vec::new();
         let mut next = u64::MAX;
         for entry in self.pending.iter() {
             if entry.deadline <= now {
@@ -665,12 +681,13 @@ impl Shared {
                     request = *entry.key(),
                     "request past its deadline"
                 );
-                entry.cancel.cancel();
+                stopping.push(entry.value().clone());
             } else {
                 next = next.min(entry.deadline);
             }
         }
         self.next_deadline.fetch_min(next, Ordering::SeqCst);
+        stopping.iter().for_each(Running::stop);
         for id in due {
             if let Some((_, waiter)) = self.pending.remove(&id) {
                 tracing::debug!(conn = self.id, request = id, "call timed out");
@@ -773,11 +790,11 @@ impl Shared {
                 waiter.settle(Err(self.reason()));
             }
         }
-        // Stop the running requests (their tasks also watch `closed`; the
-        // tokens tell blocking handlers that poll `is_cancelled`).
-        for entry in self.running.iter() {
-            entry.value().cancel.cancel();
-        }
+        // Stop the running requests: each handler is woken to be dropped
+        // (the tokens also tell blocking handlers that poll `is_cancelled`).
+        // Out of the table first: stopping one may take it out.
+        let running: Vec<Running> = self.running.iter().map(|e| e.value().clone()).collect();
+        running.iter().for_each(Running::stop);
         let released = self.exports.clear();
         self.imports.clear();
         self.control
