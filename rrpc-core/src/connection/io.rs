@@ -50,7 +50,7 @@ where
         let closed = shared.closed.cancelled();
         let close_requested = shared.close_requested.notified();
         tokio::pin!(closed, close_requested);
-        'reading: loop {
+        loop {
             if shared.is_closed() {
                 break;
             }
@@ -68,19 +68,8 @@ where
             };
             // The peer is alive: once per burst is enough.
             shared.touch();
-            if !shared.on_frame(next, limits, &mut replies) {
+            if !shared.on_burst(next, &mut frames, limits, &mut replies) {
                 break;
-            }
-            // Handle the frames that are already here before flushing.
-            while replies.len() < COALESCE_BYTES {
-                match frames.next().now_or_never() {
-                    Some(next) => {
-                        if !shared.on_frame(next, limits, &mut replies) {
-                            break 'reading;
-                        }
-                    }
-                    None => break,
-                }
             }
             if !replies.is_empty() {
                 // A peer that does not read its replies stops being read.
@@ -101,22 +90,33 @@ where
 }
 
 impl Shared {
-    /// Handles one result of the frame stream, then the parked handlers it
-    /// woke; false when reading must stop.
-    fn on_frame(
+    /// Handles a burst: the frame `first`, the frames already here after it
+    /// (up to a batch of replies), then the parked handlers they woke. False
+    /// when reading must stop.
+    fn on_burst<R>(
         self: &Arc<Shared>,
-        next: Option<std::io::Result<bytes::Bytes>>,
+        first: Option<std::io::Result<bytes::Bytes>>,
+        frames: &mut FrameReader<R>,
         limits: DecodeLimits,
         replies: &mut Frames,
-    ) -> bool {
+    ) -> bool
+    where
+        R: AsyncRead + Unpin,
+    {
         let _scope = ReaderScope::enter(self);
-        let go_on = self.handle_frame(next, limits, replies);
+        let mut go_on = self.on_frame(first, limits, replies);
+        while go_on && replies.len() < COALESCE_BYTES {
+            match frames.next().now_or_never() {
+                Some(next) => go_on = self.on_frame(next, limits, replies),
+                None => break,
+            }
+        }
         serve_ready(self, replies);
         go_on
     }
 
     /// Handles one result of the frame stream; false when reading must stop.
-    fn handle_frame(
+    fn on_frame(
         self: &Arc<Shared>,
         next: Option<std::io::Result<bytes::Bytes>>,
         limits: DecodeLimits,

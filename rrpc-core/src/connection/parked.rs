@@ -327,8 +327,8 @@ impl Drop for Promoted {
 }
 
 /// Marks this thread as running `shared`'s reader for the span of one
-/// burst step; parked handlers it wakes meanwhile are polled by
-/// [`serve_ready`] before the step ends, the others promoted.
+/// burst; parked handlers it wakes meanwhile are polled by
+/// [`serve_ready`] before the burst ends, the others promoted.
 pub(super) struct ReaderScope {
     previous: usize,
 }
@@ -344,7 +344,7 @@ impl ReaderScope {
 impl Drop for ReaderScope {
     fn drop(&mut self) {
         let _ = READER.try_with(|r| r.set(self.previous));
-        // Whatever is still listed (a reader step that unwound) goes to
+        // Whatever is still listed (a burst that unwound) goes to
         // tasks rather than being forgotten.
         for parked in take_ready() {
             parked.queued.store(false, Ordering::Release);
@@ -359,7 +359,7 @@ fn take_ready() -> Vec<Arc<Parked>> {
         .unwrap_or_default()
 }
 
-/// Polls, on the reader, the parked handlers woken during this burst step;
+/// Polls, on the reader, the parked handlers woken during this burst;
 /// the replies of those that finish join `replies`. Each is polled once:
 /// one woken again meanwhile is promoted to a task.
 pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
