@@ -13,9 +13,8 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
 use std::task::Poll;
+use std::time::Duration;
 
 use crate::cancel::Cancel;
 use bytes::Bytes;
@@ -32,7 +31,7 @@ use super::parked::{Parked, Request};
 use super::{with_scratch, Connection, Shared};
 
 /// What a request asked for, kept to name it in errors and logs (the names
-/// borrowed from the frame; owned only by a request that gets a task).
+/// borrowed from the frame; owned only by a request that is parked).
 pub(super) enum What<'a> {
     Call(Cow<'a, str>),
     Invoke,

@@ -199,9 +199,11 @@ impl Parked {
         slot.work = None;
         let outcome =
             outcome.map(|r| r.map_err(|e| in_context(e, request.obj.as_ref(), &request.what)));
-        if let Some(Err(e)) = &outcome {
-            let _entered = request.span.enter();
-            tracing::debug!("request failed: {e}");
+        let _entered = request.span.enter();
+        match &outcome {
+            Some(Err(e)) => tracing::debug!("request failed: {e}"),
+            Some(Ok(_)) => {}
+            None => tracing::debug!("request cancelled"),
         }
         Polled::Done(outcome)
     }
