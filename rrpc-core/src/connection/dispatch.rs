@@ -315,7 +315,7 @@ impl Shared {
         work: Work,
         replies: &mut Frames,
     ) {
-        let parked = Parked::new(self, work, permit);
+        let parked = Parked::new(self, id, work, permit);
         match parked.first_poll() {
             Poll::Ready(result) => {
                 let result = result.map_err(|e| in_context(e, obj.as_ref(), &what));
@@ -338,7 +338,6 @@ impl Shared {
                 });
                 let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
                 let request = Request {
-                    id,
                     obj,
                     what: what.into_owned(),
                     cancel,

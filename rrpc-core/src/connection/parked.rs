@@ -17,7 +17,7 @@
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ thread_local! {
 /// One request whose handler is pending, or was.
 pub(super) struct Parked {
     conn: Weak<Shared>,
+    /// The request's id, as the peer numbered it.
+    id: u64,
     /// On this thread's ready list, to be polled by the reader.
     queued: AtomicBool,
     /// Served by a task from now on.
@@ -50,9 +52,6 @@ pub(super) struct Parked {
     /// The task's waker, once promoted.
     task: AtomicWaker,
     slot: Mutex<Slot>,
-    /// Set once the first poll was pending (before that, only the reader
-    /// that polls it knows it).
-    request: OnceLock<Request>,
 }
 
 struct Slot {
@@ -60,11 +59,13 @@ struct Slot {
     work: Option<Work>,
     /// Held until the request is done.
     permit: Option<InFlight>,
+    /// Set once the first poll was pending (before that, only the reader
+    /// that polls it knows it).
+    request: Option<Request>,
 }
 
 /// What a parked request needs to finish.
 pub(super) struct Request {
-    pub(super) id: u64,
     pub(super) obj: Arc<dyn Remote>,
     pub(super) what: What<'static>,
     pub(super) cancel: Cancel,
@@ -91,17 +92,18 @@ fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 }
 
 impl Parked {
-    pub(super) fn new(shared: &Arc<Shared>, work: Work, permit: InFlight) -> Arc<Parked> {
+    pub(super) fn new(shared: &Arc<Shared>, id: u64, work: Work, permit: InFlight) -> Arc<Parked> {
         Arc::new(Parked {
             conn: Arc::downgrade(shared),
+            id,
             queued: AtomicBool::new(false),
             promoted: AtomicBool::new(false),
             task: AtomicWaker::new(),
             slot: Mutex::new(Slot {
                 work: Some(work),
                 permit: Some(permit),
+                request: None,
             }),
-            request: OnceLock::new(),
         })
     }
 
@@ -131,9 +133,9 @@ impl Parked {
     /// Makes a request whose first poll was pending known: it is in the
     /// running table (so it can be cancelled) before anyone else polls it.
     pub(super) fn park(self: &Arc<Self>, shared: &Shared, request: Request) {
-        let (id, deadline) = (request.id, request.deadline);
+        let deadline = request.deadline;
         shared.running.insert(
-            id,
+            self.id,
             super::Running {
                 cancel: request.cancel.clone(),
                 deadline,
@@ -142,9 +144,13 @@ impl Parked {
         );
         shared.deadline_at(deadline);
         let cancel = request.cancel.clone();
-        // Set once, here: nobody polls it before (see `poll_task`).
-        let _ = self.request.set(request);
-        if lock(&self.slot).work.is_none() {
+        let gone = {
+            let mut slot = lock(&self.slot);
+            // Set once, here: nobody polls it before (see `poll_work`).
+            slot.request = Some(request);
+            slot.work.is_none()
+        };
+        if gone {
             // Its task was dropped meanwhile (a runtime shutting down).
             self.retire(shared);
             return;
@@ -165,10 +171,15 @@ impl Parked {
     /// Polls the handler (the slot locked by the caller): its work first,
     /// then, if still pending, whether it was cancelled meanwhile.
     fn poll_work(&self, slot: &mut Slot, shared: &Shared, cx: &mut Context<'_>) -> Polled {
-        let Some(work) = slot.work.as_mut() else {
+        let Slot {
+            work: held,
+            request,
+            ..
+        } = slot;
+        let Some(work) = held.as_mut() else {
             return Polled::Gone;
         };
-        let Some(request) = self.request.get() else {
+        let Some(request) = request.as_ref() else {
             return Polled::Pending; // being parked; the reader wakes the task then
         };
         let polled = {
@@ -184,7 +195,7 @@ impl Parked {
             // cancelled (it took the request out of the table first).
             Ok(Poll::Pending) => {
                 let timed_out =
-                    shared.now_ms() >= request.deadline && shared.running.contains_key(&request.id);
+                    shared.now_ms() >= request.deadline && shared.running.contains_key(&self.id);
                 timed_out.then(|| {
                     Err(RemoteError::new(
                         ErrorKind::Timeout,
@@ -196,7 +207,7 @@ impl Parked {
                 })
             }
         };
-        slot.work = None;
+        *held = None;
         let outcome =
             outcome.map(|r| r.map_err(|e| in_context(e, request.obj.as_ref(), &request.what)));
         let _entered = request.span.enter();
@@ -233,13 +244,14 @@ impl Parked {
 
     /// Out of the running table (only the request it put there).
     fn leave_table(self: &Arc<Self>, shared: &Shared) {
-        if let Some(request) = self.request.get() {
-            shared
-                .running
-                .remove_if(&request.id, |_, running| Arc::ptr_eq(&running.parked, self));
-            if shared.running.is_empty() {
-                shared.drained.notify_waiters();
-            }
+        shared
+            .running
+            .remove_if(&self.id, |_, running| Arc::ptr_eq(&running.parked, self));
+        // Only a drain waits for the table to empty (it sets `draining`
+        // before it looks). (A peer's cancel may have taken the entry out
+        // already: the check is made anyway.)
+        if shared.draining.load(Ordering::SeqCst) && shared.running.is_empty() {
+            shared.drained.notify_waiters();
         }
     }
 
@@ -297,8 +309,8 @@ impl Promoted {
         let (shared, parked) = (self.shared.clone(), self.parked.clone());
         let polled = std::future::poll_fn(|cx| parked.poll_task(&shared, cx)).await;
         if let Polled::Done(reply) = polled {
-            if let (Some(result), Some(request)) = (reply, parked.request.get()) {
-                shared.send_reply(request.id, result).await;
+            if let Some(result) = reply {
+                shared.send_reply(parked.id, result).await;
             }
             // Only once the reply is queued does the request stop counting
             // as running: a drain then closes after it, and the reply goes
@@ -365,11 +377,11 @@ fn take_ready() -> Vec<Arc<Parked>> {
 /// the replies of those that finish join `replies`. Each is polled once:
 /// one woken again meanwhile is promoted to a task.
 pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
-    let ready = take_ready();
+    let mut ready = take_ready();
     if ready.is_empty() {
         return;
     }
-    for parked in ready {
+    for parked in ready.drain(..) {
         parked.queued.store(false, Ordering::Release);
         if parked.promoted.load(Ordering::SeqCst) {
             continue; // its task serves it
@@ -387,8 +399,8 @@ pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
                 }
             }
             Polled::Done(reply) => {
-                if let (Some(result), Some(request)) = (reply, parked.request.get()) {
-                    shared.reply_into(request.id, &result, replies);
+                if let Some(result) = reply {
+                    shared.reply_into(parked.id, &result, replies);
                 }
                 parked.retire(shared);
             }
@@ -399,4 +411,11 @@ pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
         parked.queued.store(false, Ordering::Release);
         parked.promote();
     }
+    // The list keeps its room for the next burst.
+    let _ = READY.try_with(|list| {
+        let mut list = list.borrow_mut();
+        if list.is_empty() {
+            std::mem::swap(&mut *list, &mut ready);
+        }
+    });
 }
