@@ -507,3 +507,39 @@ async fn a_handler_waiting_for_a_callback_holds_no_task() {
     })
     .await
 }
+
+/// A server draining for shutdown closes as soon as its last running
+/// request ends, here cancelled by its caller: it does not sit out the
+/// grace period (2 s for the test server).
+#[tokio::test]
+async fn a_drain_ends_when_the_last_request_is_cancelled_by_its_caller() {
+    within(20, async {
+        let t = start().await;
+        let conn = rrpc_client::connect(&t.addr).await.unwrap();
+        let worker = conn
+            .root()
+            .get("worker")
+            .await
+            .unwrap()
+            .into_proxy()
+            .unwrap();
+        let call = worker
+            .call("work", (10_000,))
+            .timeout(Duration::from_millis(300))
+            .start();
+        assert!(eventually(10, || t.work.started.load(Ordering::SeqCst) == 1).await);
+        let draining = Instant::now();
+        t.server.handle().shutdown();
+        let err = call.await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        let reason = conn.closed().await;
+        let took = draining.elapsed();
+        assert!(reason.to_string().contains("shutting down"), "{reason}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "the drain took {took:?}: it waited for the grace period"
+        );
+        assert_eq!(t.work.completed.load(Ordering::SeqCst), 0);
+    })
+    .await
+}
