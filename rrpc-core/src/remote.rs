@@ -83,7 +83,11 @@ pub trait Remote: Any + Send + Sync {
 pub enum Reply {
     /// The result is known.
     Ready(Result<Value, RemoteError>),
-    /// The result comes from async work, run as a task of its own.
+    /// The result comes from async work. It is polled once on the
+    /// connection's reader and answered inline if it finishes; otherwise it
+    /// waits without a thread and resumes on the reader (when a frame of this
+    /// connection wakes it, such as the reply to a callback) or on a task of
+    /// its own (when anything else does). Its `poll` must not block.
     Future(BoxFuture<'static, Result<Value, RemoteError>>),
     /// The result comes from blocking work, run on the blocking pool.
     Blocking(Box<dyn FnOnce() -> Result<Value, RemoteError> + Send>),

@@ -356,7 +356,7 @@ impl Shared {
             return; // nobody to tell
         }
         with_scratch(|frames| match self.encode_reply_into(id, &result, frames) {
-            // One reply of a request that had a task of its own: written at
+            // One reply of a request served by a task of its own: written at
             // once if the writer is idle.
             Ok(()) => self.send(frames, 0),
             Err(e) => tracing::warn!(conn = self.id, request = id, "cannot encode reply: {e}"),
