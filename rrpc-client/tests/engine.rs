@@ -543,3 +543,58 @@ async fn a_drain_ends_when_the_last_request_is_cancelled_by_its_caller() {
     })
     .await
 }
+
+/// Dropping a runtime while a handler waits, parked, for something that
+/// never comes still drops the handler (and the connection with it): the
+/// reader, dropped unfinished, closes the connection. Without that, the
+/// parked request and the connection's state would keep each other alive.
+#[test]
+fn a_runtime_dropped_while_a_handler_waits_drops_the_handler() {
+    struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // On a thread of its own, so that a hang fails the test.
+    std::thread::spawn(move || {
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let entered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (dropped2, entered2) = (dropped.clone(), entered.clone());
+        let kept = rt.block_on(async move {
+            let mut root = rrpc_server::demo::namespace();
+            root.insert(
+                "hang",
+                Function::from_async("hang", move |_cx, _args| {
+                    let flag = Flag(dropped2.clone());
+                    let entered = entered2.clone();
+                    async move {
+                        let _flag = flag;
+                        entered.store(true, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                        Ok::<_, rrpc_client::RemoteError>(0)
+                    }
+                })
+                .into_value(),
+            );
+            let t = common::start_with(root, Default::default()).await;
+            let conn = rrpc_client::connect(&t.addr).await.unwrap();
+            let waiting = conn.root().call("hang", ()).start();
+            assert!(eventually(10, || entered.load(Ordering::SeqCst)).await);
+            (t, conn, waiting)
+        });
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(rt);
+        let _ = done_tx.send(dropped.load(Ordering::SeqCst));
+        drop(kept);
+    });
+    let dropped = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dropping the runtime hung");
+    assert!(dropped, "the parked handler outlived its runtime");
+}

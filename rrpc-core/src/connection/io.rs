@@ -35,6 +35,10 @@ where
 {
     let span = tracing::debug_span!("conn", id = shared.id, peer = %shared.peer);
     async {
+        // Dropped unfinished (its runtime shutting down), the reader still
+        // closes the connection: parked handlers, pending calls and exports
+        // are let go instead of holding each other in a cycle.
+        let _close = CloseOnDrop(&shared);
         let mut frames = FrameReader::new(reader, shared.config.max_frame_len);
         let limits = DecodeLimits {
             max_depth: shared.config.max_depth,
@@ -271,6 +275,19 @@ impl Shared {
             }
         }
         true
+    }
+}
+
+/// Closes the connection, if it is still open, when dropped.
+struct CloseOnDrop<'a>(&'a Shared);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_closed() {
+            self.0.close(Error::ConnectionLost(
+                "the connection's runtime shut down".into(),
+            ));
+        }
     }
 }
 

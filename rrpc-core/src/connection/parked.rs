@@ -85,6 +85,14 @@ enum Polled {
     Gone,
 }
 
+/// Drops a handler's future; a `Drop` that panics is contained here like a
+/// panicking poll (it must not unwind the reader).
+fn drop_work(work: Option<Work>) {
+    if std::panic::catch_unwind(AssertUnwindSafe(move || drop(work))).is_err() {
+        tracing::warn!("a request handler panicked while being dropped");
+    }
+}
+
 fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
     // Handlers are polled under `catch_unwind`: the lock is never poisoned
     // by them, and the slot is consistent at every unlock.
@@ -123,11 +131,21 @@ impl Parked {
                 Ok(Poll::Ready(result)) => result,
                 Err(panic) => Err(panicked(&*panic)),
             };
-        slot.work = None;
-        let permit = slot.permit.take();
+        let (work, permit) = (slot.work.take(), slot.permit.take());
         drop(slot);
+        drop_work(work);
         drop(permit);
+        self.after_reader_poll();
         Poll::Ready(polled)
+    }
+
+    /// After the reader polled it, whatever the outcome: a task promoted
+    /// meanwhile may have found the slot busy and wait to be woken (it then
+    /// serves the handler, or finds it gone and ends).
+    fn after_reader_poll(&self) {
+        if self.promoted.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
     }
 
     /// Makes a request whose first poll was pending known: it is in the
@@ -194,8 +212,7 @@ impl Parked {
             // the connection's end. No answer is owed to a peer that
             // cancelled (it took the request out of the table first).
             Ok(Poll::Pending) => {
-                let timed_out =
-                    shared.now_ms() >= request.deadline && shared.running.contains_key(&self.id);
+                let timed_out = shared.now_ms() >= request.deadline && self.in_table(shared);
                 timed_out.then(|| {
                     Err(RemoteError::new(
                         ErrorKind::Timeout,
@@ -207,7 +224,7 @@ impl Parked {
                 })
             }
         };
-        *held = None;
+        drop_work(held.take());
         let outcome =
             outcome.map(|r| r.map_err(|e| in_context(e, request.obj.as_ref(), &request.what)));
         let _entered = request.span.enter();
@@ -217,6 +234,15 @@ impl Parked {
             None => tracing::debug!("request cancelled"),
         }
         Polled::Done(outcome)
+    }
+
+    /// Whether the running table still holds this request (not a newer
+    /// one with the same id).
+    fn in_table(&self, shared: &Shared) -> bool {
+        shared
+            .running
+            .get(&self.id)
+            .is_some_and(|running| std::ptr::eq(Arc::as_ptr(&running.parked), self))
     }
 
     /// A poll by the promoted task.
@@ -238,8 +264,14 @@ impl Parked {
     /// running table, and its in-flight slot freed.
     fn retire(self: &Arc<Self>, shared: &Shared) {
         self.leave_table(shared);
-        let permit = lock(&self.slot).permit.take();
+        // A stale clone of its waker may keep the cell alive: not the
+        // request's object, span and permit with it.
+        let (permit, request) = {
+            let mut slot = lock(&self.slot);
+            (slot.permit.take(), slot.request.take())
+        };
         drop(permit);
+        drop(request);
     }
 
     /// Out of the running table (only the request it put there).
@@ -326,16 +358,24 @@ impl Drop for Promoted {
         if !self.done {
             // (Not `lock`: this may run on the thread that holds the slot;
             // the work and permit then go with the last reference.)
+            //
+            // A runtime that is shutting down drops a task the moment it is
+            // spawned: this then runs inside the `wake` that promoted the
+            // request, and the handler's `Drop` with it.
             let taken = match self.parked.slot.try_lock() {
-                Ok(mut slot) => Some((slot.work.take(), slot.permit.take())),
+                Ok(mut slot) => Some((slot.work.take(), slot.permit.take(), slot.request.take())),
                 Err(std::sync::TryLockError::Poisoned(p)) => {
                     let mut slot = p.into_inner();
-                    Some((slot.work.take(), slot.permit.take()))
+                    Some((slot.work.take(), slot.permit.take(), slot.request.take()))
                 }
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
-            drop(taken);
             self.parked.leave_table(&self.shared);
+            if let Some((work, permit, request)) = taken {
+                drop_work(work);
+                drop(permit);
+                drop(request);
+            }
         }
     }
 }
@@ -351,6 +391,9 @@ impl ReaderScope {
     pub(super) fn enter(shared: &Arc<Shared>) -> ReaderScope {
         let me = Arc::as_ptr(shared) as usize;
         let previous = READER.try_with(|r| r.replace(me)).unwrap_or(0);
+        // Readers never nest (a burst runs no other reader): the ready list
+        // belongs to this one.
+        debug_assert_eq!(previous, 0, "reader scopes nested");
         ReaderScope { previous }
     }
 }
@@ -381,23 +424,33 @@ pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
     if ready.is_empty() {
         return;
     }
+    // The reader's coop budget is spent (a long burst): what the handlers
+    // wait on would answer `Pending` and wake them again at once. Their
+    // tasks serve them instead, with budgets of their own.
+    let spent = !tokio::task::coop::has_budget_remaining();
     for parked in ready.drain(..) {
         parked.queued.store(false, Ordering::Release);
         if parked.promoted.load(Ordering::SeqCst) {
             continue; // its task serves it
         }
+        if spent {
+            parked.promote();
+            continue;
+        }
         let polled = {
             let waker = futures::task::waker_ref(&parked);
             let mut cx = Context::from_waker(&waker);
-            let mut slot = lock(&parked.slot);
+            let mut slot = match parked.slot.try_lock() {
+                Ok(slot) => slot,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // Only its promoted task can hold it: it serves it.
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
             parked.poll_work(&mut slot, shared, &mut cx)
         };
+        parked.after_reader_poll();
         match polled {
-            Polled::Pending => {
-                if parked.promoted.load(Ordering::SeqCst) {
-                    parked.task.wake(); // it may have found the slot busy
-                }
-            }
+            Polled::Pending => {}
             Polled::Done(reply) => {
                 if let Some(result) = reply {
                     shared.reply_into(parked.id, &result, replies);
