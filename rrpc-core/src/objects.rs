@@ -119,27 +119,52 @@ impl ExportTable {
     }
 }
 
+/// Distinct type names of imports kept for sharing; beyond this many (a
+/// peer inventing names), each proxy gets its own copy.
+const MAX_SHARED_NAMES: usize = 256;
+
 /// Proxies to the peer's objects, by the peer's id.
 #[derive(Default)]
 pub(crate) struct ImportTable {
-    inner: Mutex<HashMap<u64, Weak<ProxyInner>, Hash>>,
+    inner: Mutex<Imports>,
+}
+
+#[derive(Default)]
+struct Imports {
+    live: HashMap<u64, Weak<ProxyInner>, Hash>,
+    /// The type names proxies share (a proxy per object, a name per type).
+    names: std::collections::HashSet<Arc<str>, Hash>,
+}
+
+impl Imports {
+    fn name(&mut self, type_name: &str) -> Arc<str> {
+        if let Some(name) = self.names.get(type_name) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(type_name);
+        if self.names.len() < MAX_SHARED_NAMES {
+            self.names.insert(name.clone());
+        }
+        name
+    }
 }
 
 impl ImportTable {
     /// The live proxy for `id` with one more reference counted, or a new one
-    /// built by `make`.
+    /// built by `make` from the type's (shared) name.
     pub(crate) fn import(
         &self,
         id: u64,
-        make: impl FnOnce() -> Arc<ProxyInner>,
+        type_name: &str,
+        make: impl FnOnce(Arc<str>) -> Arc<ProxyInner>,
     ) -> Arc<ProxyInner> {
         let mut t = lock(&self.inner);
-        if let Some(live) = t.get(&id).and_then(Weak::upgrade) {
+        if let Some(live) = t.live.get(&id).and_then(Weak::upgrade) {
             live.add_ref();
             return live;
         }
-        let fresh = make();
-        t.insert(id, Arc::downgrade(&fresh));
+        let fresh = make(t.name(type_name));
+        t.live.insert(id, Arc::downgrade(&fresh));
         fresh
     }
 
@@ -147,21 +172,49 @@ impl ImportTable {
     /// same id may have replaced it).
     pub(crate) fn forget(&self, id: u64, ptr: *const ProxyInner) {
         let mut t = lock(&self.inner);
-        if t.get(&id).is_some_and(|w| std::ptr::eq(w.as_ptr(), ptr)) {
-            t.remove(&id);
+        if t.live
+            .get(&id)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), ptr))
+        {
+            t.live.remove(&id);
         }
     }
 
     /// Forgets everything (the connection closed).
     pub(crate) fn clear(&self) {
-        lock(&self.inner).clear();
+        let mut t = lock(&self.inner);
+        t.live.clear();
+        t.names.clear();
     }
 
     /// How many live proxies this side holds.
     pub(crate) fn len(&self) -> usize {
         lock(&self.inner)
+            .live
             .values()
             .filter(|w| w.strong_count() > 0)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_share_type_names_up_to_a_bound() {
+        let mut imports = Imports::default();
+        let a = imports.name("Worker");
+        let b = imports.name("Worker");
+        assert!(Arc::ptr_eq(&a, &b), "one name per type");
+        // A peer inventing names fills the shared set only so far; the
+        // names beyond still come back right, each a copy of its own.
+        for i in 0..MAX_SHARED_NAMES * 2 {
+            assert_eq!(&*imports.name(&format!("T{i}")), format!("T{i}"));
+        }
+        assert_eq!(imports.names.len(), MAX_SHARED_NAMES);
+        let late = format!("T{}", MAX_SHARED_NAMES * 2 - 1);
+        assert!(!Arc::ptr_eq(&imports.name(&late), &imports.name(&late)));
+        assert!(Arc::ptr_eq(&imports.name("Worker"), &a));
     }
 }

@@ -25,17 +25,17 @@ pub struct Proxy {
 pub(crate) struct ProxyInner {
     conn: Connection,
     id: u64,
-    type_name: Box<str>,
+    type_name: Arc<str>,
     /// References the peer sent us for this id that this proxy stands for.
     refs: AtomicU64,
 }
 
 impl ProxyInner {
-    pub(crate) fn new(conn: Connection, id: u64, type_name: &str) -> Arc<ProxyInner> {
+    pub(crate) fn new(conn: Connection, id: u64, type_name: Arc<str>) -> Arc<ProxyInner> {
         Arc::new(ProxyInner {
             conn,
             id,
-            type_name: type_name.into(),
+            type_name,
             refs: AtomicU64::new(if id == ROOT_ID { 0 } else { 1 }),
         })
     }

@@ -299,9 +299,9 @@ impl Shared {
                         "the connection is closing: no reference can be received",
                     ));
                 };
-                let inner = self
-                    .imports
-                    .import(id, || ProxyInner::new(conn.clone(), id, &type_name));
+                let inner = self.imports.import(id, &type_name, |name| {
+                    ProxyInner::new(conn.clone(), id, name)
+                });
                 Value::Proxy(Proxy::from_inner(inner))
             }
             WireValue::ReceiverRef(id) => match self.exports.get(id) {

@@ -321,7 +321,7 @@ impl Connection {
 
     /// A proxy to the peer's root object (its exported services).
     pub fn root(&self) -> Proxy {
-        Proxy::from_inner(ProxyInner::new(self.clone(), ROOT_ID, "root"))
+        Proxy::from_inner(ProxyInner::new(self.clone(), ROOT_ID, Arc::from("root")))
     }
 
     /// Who the peer is (its address, usually).
