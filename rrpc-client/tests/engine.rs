@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{eventually, start, within};
+use common::{eventually, start, within, worker};
 use rrpc_client::{Config, ConnectOptions, Error, ErrorKind, Function, Value};
 
 #[tokio::test]
@@ -228,13 +228,7 @@ async fn a_call_past_its_deadline_times_out_and_is_cancelled_on_the_server() {
     within(20, async {
         let t = start().await;
         let conn = rrpc_client::connect(&t.addr).await.unwrap();
-        let worker = conn
-            .root()
-            .get("worker")
-            .await
-            .unwrap()
-            .into_proxy()
-            .unwrap();
+        let worker = worker(&conn).await;
         let started = Instant::now();
         let err = worker
             .call("work", (1500,))
@@ -264,13 +258,7 @@ async fn the_default_deadline_comes_from_the_connection_config() {
         let options = ConnectOptions::default()
             .config(Config::default().with_call_timeout(Duration::from_millis(150)));
         let conn = rrpc_client::connect_with(&t.addr, options).await.unwrap();
-        let worker = conn
-            .root()
-            .get("worker")
-            .await
-            .unwrap()
-            .into_proxy()
-            .unwrap();
+        let worker = worker(&conn).await;
         let err = worker.call("work", (2000,)).await.unwrap_err();
         assert!(err.is_timeout(), "{err}");
     })
@@ -516,13 +504,7 @@ async fn a_drain_ends_when_the_last_request_is_cancelled_by_its_caller() {
     within(20, async {
         let t = start().await;
         let conn = rrpc_client::connect(&t.addr).await.unwrap();
-        let worker = conn
-            .root()
-            .get("worker")
-            .await
-            .unwrap()
-            .into_proxy()
-            .unwrap();
+        let worker = worker(&conn).await;
         let call = worker
             .call("work", (10_000,))
             .timeout(Duration::from_millis(300))

@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{eventually, start, within};
+use common::{eventually, start, within, worker};
 use rand::{Rng, RngCore, SeedableRng};
 use rrpc_client::{Config, ConnectOptions, Error, ErrorKind, Value};
 use rrpc_core::handshake::Secret;
@@ -452,13 +452,7 @@ async fn a_client_that_dies_mid_call_has_its_calls_cancelled_and_objects_release
         let t = start().await;
         let handle = t.server.handle().clone();
         let conn = rrpc_client::connect(&t.addr).await.unwrap();
-        let worker = conn
-            .root()
-            .get("worker")
-            .await
-            .unwrap()
-            .into_proxy()
-            .unwrap();
+        let worker = worker(&conn).await;
         let mut held = Vec::new();
         for _ in 0..10 {
             held.push(conn.root().call("MyClass", (0,)).await.unwrap());

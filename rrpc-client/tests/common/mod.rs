@@ -16,6 +16,16 @@ pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
         .expect("test timed out")
 }
 
+/// The test server's `worker` object, through `conn`.
+pub async fn worker(conn: &rrpc_client::Connection) -> rrpc_client::Proxy {
+    conn.root()
+        .get("worker")
+        .await
+        .unwrap()
+        .into_proxy()
+        .unwrap()
+}
+
 /// Polls `check` until it holds or `secs` pass.
 pub async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
