@@ -161,7 +161,6 @@ impl Parked {
             },
         );
         shared.deadline_at(deadline);
-        let cancel = request.cancel.clone();
         let gone = {
             let mut slot = lock(&self.slot);
             // Set once, here: nobody polls it before (see `poll_work`).
@@ -176,7 +175,9 @@ impl Parked {
         if shared.is_closed() {
             // Closed meanwhile: `close` may have stopped the running
             // requests before this one was among them.
-            cancel.cancel();
+            if let Some(request) = lock(&self.slot).request.as_ref() {
+                request.cancel.cancel();
+            }
             ArcWake::wake_by_ref(self);
         }
         if self.promoted.load(Ordering::SeqCst) {
@@ -403,10 +404,15 @@ impl Drop for ReaderScope {
         let _ = READER.try_with(|r| r.set(self.previous));
         // Whatever is still listed (a burst that unwound) goes to
         // tasks rather than being forgotten.
-        for parked in take_ready() {
-            parked.queued.store(false, Ordering::Release);
-            parked.promote();
-        }
+        promote_ready();
+    }
+}
+
+/// Hands whatever is on this thread's ready list to tasks.
+fn promote_ready() {
+    for parked in take_ready() {
+        parked.queued.store(false, Ordering::Release);
+        parked.promote();
     }
 }
 
@@ -460,10 +466,7 @@ pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
             Polled::Gone => {}
         }
     }
-    for parked in take_ready() {
-        parked.queued.store(false, Ordering::Release);
-        parked.promote();
-    }
+    promote_ready();
     // The list keeps its room for the next burst.
     let _ = READY.try_with(|list| {
         let mut list = list.borrow_mut();
