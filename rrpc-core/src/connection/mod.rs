@@ -3,9 +3,10 @@
 //! A connection is two tasks and a shared state. The *reader* decodes frames
 //! and routes them: replies to the waiting call, requests to their handlers
 //! (answered inline when they can be, parked otherwise, so a slow call never
-//! stalls the connection), cancels and releases to the tables. The *writer* owns the socket's write half and coalesces queued
-//! frames, cancels and releases into few writes. Both sides of a link run the
-//! same engine; either may call the other at any time.
+//! stalls the connection), cancels and releases to the tables. The *writer*
+//! owns the socket's write half and coalesces queued frames, cancels and
+//! releases into few writes. Both sides of a link run the same engine;
+//! either may call the other at any time.
 
 mod codec;
 mod dispatch;
@@ -656,7 +657,8 @@ impl Shared {
 
     /// Fails the pending calls whose deadline has passed (and tells the
     /// peer to cancel them), cancels the requests past theirs (their
-    /// handlers are dropped and answered with a timeout); `next_deadline` becomes the earliest left.
+    /// handlers are dropped and answered with a timeout); `next_deadline`
+    /// becomes the earliest left.
     fn expire(&self) {
         let now = self.now_ms();
         // Whatever is registered from here on lowers this again.
