@@ -120,7 +120,6 @@ impl<'s> Encoder<'s> {
                 self.exported.clear();
                 Ok(())
             }
-            Err(EncodeFailure::Invalid(e)) => Err(Error::Protocol(e)),
             Err(EncodeFailure::TooLarge(size)) => Err(Error::FrameTooLarge { size, limit }),
         }
     }

@@ -84,6 +84,14 @@ impl Frames {
 
     /// Empties the frames, keeping the first buffer's capacity for reuse.
     pub(super) fn clear(&mut self) {
+        if let [Chunk::Owned(v)] = &mut self.chunks[..] {
+            // The common case: one buffer of small frames.
+            if v.capacity() <= KEEP_CAPACITY {
+                v.clear();
+                self.len = 0;
+                return;
+            }
+        }
         let mut kept = None;
         for chunk in self.chunks.drain(..) {
             if let Chunk::Owned(v) = chunk {
@@ -156,16 +164,12 @@ impl Frames {
             stage: [0; STAGE],
             staged: 0,
         };
-        let encoded = wire::encode_with(msg, &mut writer);
+        wire::encode::message(&mut writer, msg);
         writer.flush();
         let size = self.len - start;
-        let prefix = match (encoded, u32::try_from(size)) {
-            (Err(e), _) => {
-                self.rollback(mark);
-                return Err(EncodeFailure::Invalid(e));
-            }
-            (Ok(()), Ok(prefix)) if size <= max => prefix,
-            (Ok(()), _) => {
+        let prefix = match u32::try_from(size) {
+            Ok(prefix) if size <= max => prefix,
+            _ => {
                 self.rollback(mark);
                 return Err(EncodeFailure::TooLarge(size));
             }
@@ -208,17 +212,15 @@ impl Frames {
 /// Why a message could not be encoded.
 #[derive(Debug)]
 pub(super) enum EncodeFailure {
-    /// The message cannot be represented (a bug, or a value too large).
-    Invalid(String),
     /// The message is larger than allowed, by this many bytes.
     TooLarge(usize),
 }
 
 /// Bytes gathered on the stack before they are copied into the frames
-/// (bincode writes a field at a time, often a byte or two).
+/// (the encoder writes a few fields at a time, often a few bytes).
 const STAGE: usize = 128;
 
-/// bincode's view of a [`Frames`].
+/// The encoder's view of a [`Frames`].
 struct FramesWriter<'a> {
     frames: &'a mut Frames,
     big: &'a [Bytes],
@@ -235,12 +237,12 @@ impl FramesWriter<'_> {
     }
 }
 
-impl bincode::enc::write::Writer for FramesWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+impl wire::encode::Out for FramesWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) {
         if let Some(room) = self.stage.get_mut(self.staged..self.staged + bytes.len()) {
             room.copy_from_slice(bytes);
             self.staged += bytes.len();
-            return Ok(());
+            return;
         }
         self.flush();
         if bytes.len() >= BIG {
@@ -255,11 +257,10 @@ impl bincode::enc::write::Writer for FramesWriter<'_> {
             if let Some(owner) = owner {
                 // Inside `owner` (checked above), so `slice_ref` cannot panic.
                 self.frames.share(owner.slice_ref(bytes));
-                return Ok(());
+                return;
             }
         }
         self.frames.copy_in(bytes);
-        Ok(())
     }
 }
 
