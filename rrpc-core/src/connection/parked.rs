@@ -410,10 +410,21 @@ impl Drop for ReaderScope {
 
 /// Hands whatever is on this thread's ready list to tasks.
 fn promote_ready() {
-    for parked in take_ready() {
+    if nothing_ready() {
+        return;
+    }
+    let mut ready = take_ready();
+    for parked in ready.drain(..) {
         parked.queued.store(false, Ordering::Release);
         parked.promote();
     }
+    give_back(ready);
+}
+
+fn nothing_ready() -> bool {
+    READY
+        .try_with(|ready| ready.borrow().is_empty())
+        .unwrap_or(true)
 }
 
 fn take_ready() -> Vec<Arc<Parked>> {
@@ -422,14 +433,29 @@ fn take_ready() -> Vec<Arc<Parked>> {
         .unwrap_or_default()
 }
 
+/// Returns a taken list's room to the thread (unless the list was refilled
+/// meanwhile): the next burst's wake-ups then push without allocating.
+fn give_back(mut list: Vec<Arc<Parked>>) {
+    if list.capacity() == 0 {
+        return;
+    }
+    list.clear();
+    let _ = READY.try_with(|ready| {
+        let mut ready = ready.borrow_mut();
+        if ready.is_empty() {
+            std::mem::swap(&mut *ready, &mut list);
+        }
+    });
+}
+
 /// Polls, on the reader, the parked handlers woken during this burst;
 /// the replies of those that finish join `replies`. Each is polled once:
 /// one woken again meanwhile is promoted to a task.
 pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
-    let mut ready = take_ready();
-    if ready.is_empty() {
+    if nothing_ready() {
         return;
     }
+    let mut ready = take_ready();
     // The reader's coop budget is spent (a long burst): what the handlers
     // wait on would answer `Pending` and wake them again at once. Their
     // tasks serve them instead, with budgets of their own.
@@ -466,12 +492,6 @@ pub(super) fn serve_ready(shared: &Arc<Shared>, replies: &mut Frames) {
             Polled::Gone => {}
         }
     }
+    give_back(ready);
     promote_ready();
-    // The list keeps its room for the next burst.
-    let _ = READY.try_with(|list| {
-        let mut list = list.borrow_mut();
-        if list.is_empty() {
-            std::mem::swap(&mut *list, &mut ready);
-        }
-    });
 }
