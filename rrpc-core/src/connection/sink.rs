@@ -143,20 +143,31 @@ impl Sink {
                 }
                 continue;
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, chunk) in chunks[self.at..].iter().enumerate() {
-                if n == MAX_IOV {
-                    break;
+            let polled = match &chunks[self.at..] {
+                // The common case, small frames back to back in one buffer:
+                // no vector of slices to fill.
+                [only] => {
+                    let one = [IoSlice::new(&only.as_slice()[self.offset..])];
+                    Pin::new(&mut *io).poll_write_vectored(cx, &one)
                 }
-                let bytes = chunk.as_slice();
-                let bytes = if i == 0 { &bytes[self.offset..] } else { bytes };
-                if !bytes.is_empty() {
-                    slices[n] = IoSlice::new(bytes);
-                    n += 1;
+                many => {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                    let mut n = 0;
+                    for (i, chunk) in many.iter().enumerate() {
+                        if n == MAX_IOV {
+                            break;
+                        }
+                        let bytes = chunk.as_slice();
+                        let bytes = if i == 0 { &bytes[self.offset..] } else { bytes };
+                        if !bytes.is_empty() {
+                            slices[n] = IoSlice::new(bytes);
+                            n += 1;
+                        }
+                    }
+                    Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
                 }
-            }
-            let mut written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+            };
+            let mut written = match polled {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
