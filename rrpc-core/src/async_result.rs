@@ -31,7 +31,10 @@ struct State {
 #[derive(Default)]
 struct Slot {
     result: Option<Result<Value, Error>>,
-    wakers: Vec<Waker>,
+    /// The task awaiting the result (there is rarely more than one: the
+    /// others go to `more_wakers`).
+    waker: Option<Waker>,
+    more_wakers: Vec<Waker>,
     callbacks: Vec<Callback>,
     /// Threads blocked on the condition variable (it is signalled only
     /// when there are some: a signal is a system call).
@@ -57,14 +60,15 @@ impl AsyncResult {
     /// Stores the outcome, wakes every waiter and runs the callbacks on the
     /// blocking pool (they may block, or make blocking calls themselves).
     pub(crate) fn complete(&self, outcome: Result<Value, Error>) {
-        let (wakers, callbacks, blocked) = {
+        let (waker, more_wakers, callbacks, blocked) = {
             let mut slot = self.slot();
             if slot.result.is_some() {
                 return;
             }
             slot.result = Some(outcome);
             (
-                std::mem::take(&mut slot.wakers),
+                slot.waker.take(),
+                std::mem::take(&mut slot.more_wakers),
                 std::mem::take(&mut slot.callbacks),
                 slot.blocked > 0,
             )
@@ -72,7 +76,7 @@ impl AsyncResult {
         if blocked {
             self.state.ready.notify_all();
         }
-        wakers.into_iter().for_each(Waker::wake);
+        waker.into_iter().chain(more_wakers).for_each(Waker::wake);
         for callback in callbacks {
             self.run_callback(callback);
         }
@@ -156,8 +160,15 @@ impl Future for AsyncResult {
         match &slot.result {
             Some(result) => Poll::Ready(result.clone()),
             None => {
-                if !slot.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    slot.wakers.push(cx.waker().clone());
+                let waker = cx.waker();
+                match &slot.waker {
+                    None => slot.waker = Some(waker.clone()),
+                    Some(first) if first.will_wake(waker) => {}
+                    Some(_) => {
+                        if !slot.more_wakers.iter().any(|w| w.will_wake(waker)) {
+                            slot.more_wakers.push(waker.clone());
+                        }
+                    }
                 }
                 Poll::Pending
             }
@@ -170,6 +181,36 @@ impl fmt::Debug for AsyncResult {
         match &self.slot().result {
             None => f.write_str("AsyncResult(pending)"),
             Some(r) => f.debug_tuple("AsyncResult").field(r).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn waiting(r: &AsyncResult) -> usize {
+        let slot = r.slot();
+        usize::from(slot.waker.is_some()) + slot.more_wakers.len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_task_awaiting_a_clone_is_woken() {
+        let result = AsyncResult::new(Handle::current());
+        let tasks: Vec<_> = (0..3).map(|_| tokio::spawn(result.clone())).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while waiting(&result) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the tasks never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        result.complete(Ok(Value::from(7)));
+        for task in tasks {
+            let value = tokio::time::timeout(Duration::from_secs(10), task).await;
+            assert_eq!(value.unwrap().unwrap().unwrap(), Value::from(7));
         }
     }
 }

@@ -5,18 +5,31 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
+use compact_str::CompactString;
+
 use crate::async_result::AsyncResult;
 use crate::connection::{Connection, Settle};
 use crate::error::Error;
 use crate::value::Value;
 
-/// An operation with its values, before encoding.
+/// An operation with its values, before encoding. (Names of up to 24
+/// bytes, nearly all, are held without an allocation.)
 #[derive(Debug)]
 pub(crate) enum OutOp {
-    Call { method: String, args: Vec<Value> },
-    Invoke { args: Vec<Value> },
-    GetAttr { name: String },
-    SetAttr { name: String, value: Value },
+    Call {
+        method: CompactString,
+        args: Vec<Value>,
+    },
+    Invoke {
+        args: Vec<Value>,
+    },
+    GetAttr {
+        name: CompactString,
+    },
+    SetAttr {
+        name: CompactString,
+        value: Value,
+    },
     Dir,
 }
 

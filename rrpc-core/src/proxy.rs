@@ -89,7 +89,7 @@ impl Proxy {
     /// Calls method `method` of the remote object.
     pub fn call(&self, method: &str, args: impl IntoArgs) -> Call {
         self.op(OutOp::Call {
-            method: method.to_owned(),
+            method: method.into(),
             args: args.into_args(),
         })
     }
@@ -108,15 +108,13 @@ impl Proxy {
 
     /// Reads attribute `name`.
     pub fn get(&self, name: &str) -> Call {
-        self.op(OutOp::GetAttr {
-            name: name.to_owned(),
-        })
+        self.op(OutOp::GetAttr { name: name.into() })
     }
 
     /// Writes attribute `name`.
     pub fn set(&self, name: &str, value: impl Into<Value>) -> Call {
         self.op(OutOp::SetAttr {
-            name: name.to_owned(),
+            name: name.into(),
             value: value.into(),
         })
     }

@@ -202,17 +202,17 @@ impl Shared {
         let mut enc = Encoder::new(self);
         let op = match op {
             OutOp::Call { method, args } => Op::Call {
-                method: Cow::Borrowed(method),
+                method: Cow::Borrowed(method.as_str()),
                 args: args.iter().map(|v| enc.value(v)).collect(),
             },
             OutOp::Invoke { args } => Op::Invoke {
                 args: args.iter().map(|v| enc.value(v)).collect(),
             },
             OutOp::GetAttr { name } => Op::GetAttr {
-                name: Cow::Borrowed(name),
+                name: Cow::Borrowed(name.as_str()),
             },
             OutOp::SetAttr { name, value } => Op::SetAttr {
-                name: Cow::Borrowed(name),
+                name: Cow::Borrowed(name.as_str()),
                 value: enc.value(value),
             },
             OutOp::Dir => Op::Dir,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::cancel::Cancel;
 use bytes::Bytes;
+use compact_str::CompactString;
 
 use crate::error::{Error, ErrorKind, RemoteError};
 use crate::objects::ROOT_ID;
@@ -30,35 +31,39 @@ use super::outbox::Frames;
 use super::parked::{Parked, Request};
 use super::{with_scratch, Connection, Shared};
 
-/// What a request asked for, kept to name it in errors and logs (the names
-/// borrowed from the frame; owned only by a request that is parked).
-pub(super) enum What<'a> {
-    Call(Cow<'a, str>),
+/// What a request asked for, kept to name it in errors and logs: the name
+/// borrowed from the frame, or (by a request that is parked) a copy, held
+/// without an allocation when short.
+pub(super) enum What<S = CompactString> {
+    Call(S),
     Invoke,
-    GetAttr(Cow<'a, str>),
-    SetAttr(Cow<'a, str>),
+    GetAttr(S),
+    SetAttr(S),
     Dir,
 }
 
-impl What<'_> {
-    pub(super) fn into_owned(self) -> What<'static> {
+/// A request's [`What`], its name borrowed from the frame.
+pub(super) type Asked<'a> = What<Cow<'a, str>>;
+
+impl<S: AsRef<str>> What<S> {
+    pub(super) fn to_owned(&self) -> What {
         match self {
-            What::Call(m) => What::Call(Cow::Owned(m.into_owned())),
+            What::Call(m) => What::Call(m.as_ref().into()),
             What::Invoke => What::Invoke,
-            What::GetAttr(n) => What::GetAttr(Cow::Owned(n.into_owned())),
-            What::SetAttr(n) => What::SetAttr(Cow::Owned(n.into_owned())),
+            What::GetAttr(n) => What::GetAttr(n.as_ref().into()),
+            What::SetAttr(n) => What::SetAttr(n.as_ref().into()),
             What::Dir => What::Dir,
         }
     }
 }
 
-impl fmt::Display for What<'_> {
+impl<S: AsRef<str>> fmt::Display for What<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            What::Call(m) => write!(f, "call {m}"),
+            What::Call(m) => write!(f, "call {}", m.as_ref()),
             What::Invoke => f.write_str("invoke"),
-            What::GetAttr(n) => write!(f, "getattr {n}"),
-            What::SetAttr(n) => write!(f, "setattr {n}"),
+            What::GetAttr(n) => write!(f, "getattr {}", n.as_ref()),
+            What::SetAttr(n) => write!(f, "setattr {}", n.as_ref()),
             What::Dir => f.write_str("dir"),
         }
     }
@@ -243,7 +248,7 @@ impl Shared {
         cx: CallContext,
         op: Op<'a>,
         frame: &Bytes,
-    ) -> Result<(Reply, What<'a>), (RemoteError, What<'a>)> {
+    ) -> Result<(Reply, Asked<'a>), (RemoteError, Asked<'a>)> {
         let conn = ConnRef::Known(&cx.conn);
         Ok(match op {
             Op::Call { method, args } => {
@@ -308,7 +313,7 @@ impl Shared {
         self: &Arc<Shared>,
         id: u64,
         obj: Arc<dyn Remote>,
-        what: What<'_>,
+        what: Asked<'_>,
         timeout_ms: u64,
         cancel: Cancel,
         permit: InFlight,
@@ -339,7 +344,7 @@ impl Shared {
                 let span = tracing::debug_span!("request", conn = self.id, id, target = %obj.type_name(), op = %what);
                 let request = Request {
                     obj,
-                    what: what.into_owned(),
+                    what: what.to_owned(),
                     cancel,
                     limit,
                     deadline,
@@ -386,7 +391,11 @@ impl Drop for InFlight {
     }
 }
 
-pub(super) fn in_context(err: RemoteError, obj: &dyn Remote, what: &What) -> RemoteError {
+pub(super) fn in_context<S: AsRef<str>>(
+    err: RemoteError,
+    obj: &dyn Remote,
+    what: &What<S>,
+) -> RemoteError {
     err.context(format!("in {}: {what}", obj.type_name()))
 }
 

@@ -67,7 +67,7 @@ struct Slot {
 /// What a parked request needs to finish.
 pub(super) struct Request {
     pub(super) obj: Arc<dyn Remote>,
-    pub(super) what: What<'static>,
+    pub(super) what: What,
     pub(super) cancel: Cancel,
     /// The caller's timeout plus grace, if it gave one.
     pub(super) limit: Option<Duration>,
