@@ -4,10 +4,12 @@
 //! in bincode's standard format (variable-length integers, little-endian),
 //! as the serde derives below describe it. [`encode_into`] and [`decode`]
 //! use a codec written by hand (`wire/encode.rs`, `wire/decode.rs`): the
-//! same bytes at a fraction of the cost. Decoding borrows strings and
-//! bytes from the frame, so a length prefix can never make the decoder
-//! allocate more than the frame holds, and limits bound the nesting depth
-//! and the number of values in one message.
+//! same bytes at a fraction of the cost. bincode through the derives stays
+//! the definition: property tests check the codec against it, and it
+//! decodes the head of a message that broke a limit. Decoding borrows
+//! strings and bytes from the frame, so a length prefix can never make the
+//! decoder allocate more than the frame holds, and limits bound the nesting
+//! depth and the number of values in one message.
 
 use std::borrow::Cow;
 use std::cell::Cell;
