@@ -302,11 +302,14 @@ async fn measure(
             }
         }
         r.raw("pingpong_p50", percentile_us(&mut ping, 50.0), "us");
+        r.raw("pingpong_p25", percentile_us(&mut ping, 25.0), "us");
         r.raw("pingpong_p99", percentile_us(&mut ping, 99.0), "us");
         r.rrpc("null_call_p50", percentile_us(&mut null, 50.0), "us");
+        r.rrpc("null_call_p25", percentile_us(&mut null, 25.0), "us");
         r.rrpc("null_call_p99", percentile_us(&mut null, 99.0), "us");
         if callbacks {
             r.rrpc("callback_p50", percentile_us(&mut cb, 50.0), "us");
+            r.rrpc("callback_p25", percentile_us(&mut cb, 25.0), "us");
             r.rrpc("async_callback_p50", percentile_us(&mut acb, 50.0), "us");
         }
     }
