@@ -1,11 +1,14 @@
 //! The decoder: a frame's payload to a [`Message`], written by hand.
 //!
-//! It reads bincode's standard format, as the serde derives describe it (a
-//! test checks both agree), borrowing strings and bytes from the payload.
-//! Every length is checked against what the payload still holds before
-//! anything is allocated for it, and the [`DecodeLimits`] are enforced as
-//! each value is met: nesting depth, values per message, size of strings,
-//! byte strings, lists and maps.
+//! It reads bincode's standard format, as the serde derives describe it,
+//! and fails where bincode fails, with the same kind of error (tests check
+//! both), borrowing strings and bytes from the payload. A length prefix
+//! reserves room for at most [`PREALLOC`] items: a list grows as its items
+//! are actually read, each taking at least one byte of the frame, so what
+//! is allocated is bounded by the frame, however many items are claimed at
+//! however many levels. The [`DecodeLimits`] are enforced as each value is
+//! met: nesting depth, values per message, and (once read, as bincode's
+//! route did) size of strings, byte strings, lists and maps.
 
 use std::borrow::Cow;
 
@@ -37,6 +40,9 @@ struct Fault(String);
 /// common outcome travels in registers.
 type Res<T> = Result<T, Box<Fault>>;
 
+/// The most items a length prefix reserves room for before they are read.
+const PREALLOC: usize = 64;
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -61,7 +67,7 @@ fn limit(what: impl std::fmt::Display) -> Box<Fault> {
 
 impl<'a> Reader<'a> {
     fn message(&mut self) -> Res<Message<'a>> {
-        Ok(match self.varint()? {
+        Ok(match self.tag()? {
             tag::REQUEST => Message::Request {
                 id: self.varint()?,
                 target: self.varint()?,
@@ -70,7 +76,7 @@ impl<'a> Reader<'a> {
             },
             tag::REPLY => Message::Reply {
                 id: self.varint()?,
-                result: match self.varint()? {
+                result: match self.tag()? {
                     tag::OK => Ok(self.value()?),
                     tag::ERR => Err(self.error()?),
                     other => return Err(malformed(format!("unknown result variant {other}"))),
@@ -78,9 +84,8 @@ impl<'a> Reader<'a> {
             },
             tag::CANCEL => Message::Cancel { id: self.varint()? },
             tag::RELEASE => {
-                // Each pair takes at least two bytes.
-                let n = self.count(2)?;
-                let mut refs = Vec::with_capacity(n);
+                let n = self.len()?;
+                let mut refs = Vec::with_capacity(n.min(PREALLOC));
                 for _ in 0..n {
                     refs.push((self.varint()?, self.varint()?));
                 }
@@ -96,7 +101,7 @@ impl<'a> Reader<'a> {
     }
 
     fn op(&mut self) -> Res<Op<'a>> {
-        Ok(match self.varint()? {
+        Ok(match self.tag()? {
             tag::CALL => Op::Call {
                 method: self.text()?,
                 args: self.values()?,
@@ -117,9 +122,8 @@ impl<'a> Reader<'a> {
     fn error(&mut self) -> Res<WireError<'a>> {
         let kind = self.text()?;
         let message = self.text()?;
-        // Each line takes at least its length byte.
-        let n = self.count(1)?;
-        let mut context = Vec::with_capacity(n);
+        let n = self.len()?;
+        let mut context = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
             context.push(self.text()?);
         }
@@ -130,10 +134,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// A list of values (each takes at least one byte).
+    /// A list of values.
     fn values(&mut self) -> Res<Vec<WireValue<'a>>> {
-        let n = self.count(1)?;
-        let mut list = Vec::with_capacity(n);
+        let n = self.len()?;
+        let mut list = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
             list.push(self.value()?);
         }
@@ -156,7 +160,7 @@ impl<'a> Reader<'a> {
     }
 
     fn value_body(&mut self) -> Res<WireValue<'a>> {
-        Ok(match self.varint()? {
+        Ok(match self.tag()? {
             tag::UNIT => WireValue::Unit,
             tag::BOOL => WireValue::Bool(match self.byte()? {
                 0 => false,
@@ -177,22 +181,17 @@ impl<'a> Reader<'a> {
                 WireValue::Bytes(Cow::Borrowed(b))
             }
             tag::LIST => {
-                let n = self.count(1)?;
-                self.check_items("a list of", n)?;
-                let mut list = Vec::with_capacity(n);
-                for _ in 0..n {
-                    list.push(self.value()?);
-                }
+                let list = self.values()?;
+                self.check_items("a list of", list.len())?;
                 WireValue::List(list)
             }
             tag::MAP => {
-                // Each pair takes at least two bytes.
-                let n = self.count(2)?;
-                self.check_items("a map of", n)?;
-                let mut map = Vec::with_capacity(n);
+                let n = self.len()?;
+                let mut map = Vec::with_capacity(n.min(PREALLOC));
                 for _ in 0..n {
                     map.push((self.value()?, self.value()?));
                 }
+                self.check_items("a map of", map.len())?;
                 WireValue::Map(map)
             }
             tag::SENDER_REF => WireValue::SenderRef {
@@ -234,20 +233,23 @@ impl<'a> Reader<'a> {
 
     /// A length-prefixed byte string, borrowed.
     fn bytes(&mut self) -> Res<&'a [u8]> {
-        let n = self.count(1)?;
+        let n = self.len()?;
         self.take(n)
     }
 
-    /// A length of items that take at least `min_size` bytes each: more
-    /// than the payload can hold is garbage (so nothing is allocated for it).
-    fn count(&mut self, min_size: usize) -> Res<usize> {
+    /// A length prefix. (Nothing is reserved from it beyond [`PREALLOC`]
+    /// items, and nothing is read past the frame's end.)
+    fn len(&mut self) -> Res<usize> {
         let n = self.varint()?;
-        let left = self.buf.len() - self.pos;
-        match usize::try_from(n) {
-            Ok(n) if n <= left / min_size => Ok(n),
-            _ => Err(malformed(format!(
-                "a length of {n} where {left} bytes are left"
-            ))),
+        usize::try_from(n).map_err(|_| malformed(format!("a length of {n}")))
+    }
+
+    /// An enum's variant index: a `u32`, so bincode's 9-byte form is not
+    /// one.
+    fn tag(&mut self) -> Res<u64> {
+        match self.buf.get(self.pos) {
+            Some(&U64_MARK) => Err(malformed("a variant index wider than 32 bits")),
+            _ => self.varint(),
         }
     }
 

@@ -53,9 +53,9 @@ pub(super) mod tag {
 
 /// The first byte of bincode's 3-, 5- and 9-byte integer forms; smaller
 /// values are a single byte.
-pub(super) const U16_MARK: u8 = 251;
-pub(super) const U32_MARK: u8 = 252;
-pub(super) const U64_MARK: u8 = 253;
+pub(crate) const U16_MARK: u8 = 251;
+pub(crate) const U32_MARK: u8 = 252;
+pub(crate) const U64_MARK: u8 = 253;
 
 /// Encodes `msg` (without a length prefix) into `out`.
 pub(crate) fn message(out: &mut impl Out, msg: &Message<'_>) {

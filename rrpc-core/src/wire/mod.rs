@@ -7,9 +7,10 @@
 //! same bytes at a fraction of the cost. bincode through the derives stays
 //! the definition: property tests check the codec against it, and it
 //! decodes the head of a message that broke a limit. Decoding borrows
-//! strings and bytes from the frame, so a length prefix can never make the
-//! decoder allocate more than the frame holds, and limits bound the nesting
-//! depth and the number of values in one message.
+//! strings and bytes from the frame, and a length prefix reserves room for
+//! a few items only (a list grows as its items are read), so what the
+//! decoder allocates is bounded by the frame, whatever lengths it claims;
+//! limits bound the nesting depth and the number of values in one message.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -676,16 +677,64 @@ mod tests {
             ]
         }
 
-        /// Both decoders accept the same payloads, as the same messages.
+        /// Limits that the generated messages often break.
+        const TIGHT: DecodeLimits = DecodeLimits {
+            max_depth: 3,
+            max_nodes: 12,
+            max_bytes: 8,
+            max_list: 3,
+        };
+
+        /// Both decoders accept the same payloads, as the same messages, and
+        /// refuse the others for the same kind of reason (a limit, or
+        /// garbage: the first fails one request, the second the connection).
         fn decoders_agree(payload: &[u8]) -> Result<(), TestCaseError> {
-            let ours = decode(payload, ROOMY).map(|m| format!("{m:?}"));
-            let theirs = reference::decode(payload, ROOMY).map(|m| format!("{m:?}"));
-            match (ours, theirs) {
-                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-                (Err(_), Err(_)) => {}
-                (a, b) => prop_assert!(false, "hand-written: {a:?}, bincode: {b:?}"),
+            for limits in [ROOMY, TIGHT] {
+                let ours = decode(payload, limits).map(|m| format!("{m:?}"));
+                let theirs = reference::decode(payload, limits).map(|m| format!("{m:?}"));
+                match (ours, theirs) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(a), Err(b)) => prop_assert_eq!(
+                        a.starts_with(LIMIT_MARK),
+                        b.contains(LIMIT_MARK),
+                        "hand-written: {}, bincode: {}",
+                        a,
+                        b
+                    ),
+                    (a, b) => prop_assert!(false, "hand-written: {a:?}, bincode: {b:?}"),
+                }
             }
             Ok(())
+        }
+
+        #[test]
+        fn variant_indexes_are_32_bits_as_in_bincode() {
+            // Ping's index in bincode's 9-byte form, then in its 3-byte form.
+            let mut wide = vec![encode::U64_MARK];
+            wide.extend_from_slice(&5_u64.to_le_bytes());
+            assert!(reference::decode(&wide, ROOMY).is_err());
+            let err = decode(&wide, ROOMY).unwrap_err();
+            assert!(err.starts_with("malformed frame"), "{err}");
+            let mut narrow = vec![encode::U16_MARK];
+            narrow.extend_from_slice(&5_u16.to_le_bytes());
+            assert!(matches!(
+                reference::decode(&narrow, ROOMY),
+                Ok(Message::Ping)
+            ));
+            assert!(matches!(decode(&narrow, ROOMY), Ok(Message::Ping)));
+        }
+
+        #[test]
+        fn garbage_behind_a_list_over_the_limit_is_garbage() {
+            // A reply whose list claims 600 items (over TIGHT's 3), then junk:
+            // not a well-formed message that breaks a limit.
+            let mut payload = vec![1, 1, 0, 7, encode::U16_MARK];
+            payload.extend_from_slice(&600_u16.to_le_bytes());
+            payload.extend(std::iter::repeat_n(0xff, 700));
+            for limits in [ROOMY, TIGHT] {
+                let err = decode(&payload, limits).unwrap_err();
+                assert!(err.starts_with("malformed frame"), "{err}");
+            }
         }
 
         proptest! {
