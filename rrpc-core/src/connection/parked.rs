@@ -433,10 +433,14 @@ fn take_ready() -> Vec<Arc<Parked>> {
         .unwrap_or_default()
 }
 
+/// The most room a thread's ready list keeps between bursts (8 KiB); a
+/// larger one, left by an exceptional burst, is freed.
+const READY_KEEP: usize = 1024;
+
 /// Returns a taken list's room to the thread (unless the list was refilled
 /// meanwhile): the next burst's wake-ups then push without allocating.
 fn give_back(mut list: Vec<Arc<Parked>>) {
-    if list.capacity() == 0 {
+    if list.capacity() == 0 || list.capacity() > READY_KEEP {
         return;
     }
     list.clear();
