@@ -1,5 +1,5 @@
-//! What the decoder allocates is bounded by the frame, whatever lengths the
-//! frame claims: a peer cannot make a small frame reserve gigabytes by
+//! What the decoder allocates grows with what a frame holds, not with the
+//! lengths it claims: a peer cannot make a small frame reserve gigabytes by
 //! nesting lists that each claim a million items.
 //!
 //! This test binary counts every allocation through a global allocator that

@@ -5,8 +5,8 @@
 //! both), borrowing strings and bytes from the payload. A length prefix
 //! reserves room for at most [`PREALLOC`] items: a list grows as its items
 //! are actually read, each taking at least one byte of the frame, so what
-//! is allocated is bounded by the frame, however many items are claimed at
-//! however many levels. The [`DecodeLimits`] are enforced as each value is
+//! is allocated grows with what the frame holds (a few dozen bytes per byte
+//! at most), not with the items it claims at however many levels. The [`DecodeLimits`] are enforced as each value is
 //! met: nesting depth, values per message, and (once read, as bincode's
 //! route did) size of strings, byte strings, lists and maps.
 

@@ -9,7 +9,8 @@
 //! decodes the head of a message that broke a limit. Decoding borrows
 //! strings and bytes from the frame, and a length prefix reserves room for
 //! a few items only (a list grows as its items are read), so what the
-//! decoder allocates is bounded by the frame, whatever lengths it claims;
+//! decoder allocates grows with what the frame holds, not with the lengths
+//! it claims;
 //! limits bound the nesting depth and the number of values in one message.
 
 use std::borrow::Cow;
