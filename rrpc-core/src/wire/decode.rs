@@ -204,23 +204,11 @@ impl<'a> Reader<'a> {
     }
 
     fn check_bytes(&self, what: &str, len: usize) -> Res<()> {
-        let max = self.limits.max_bytes;
-        if len > max {
-            return Err(limit(format!(
-                "{what} {len} bytes is over this side's limit of {max}"
-            )));
-        }
-        Ok(())
+        check_size(what, len, "bytes", self.limits.max_bytes)
     }
 
     fn check_items(&self, what: &str, len: usize) -> Res<()> {
-        let max = self.limits.max_list;
-        if len > max {
-            return Err(limit(format!(
-                "{what} {len} items is over this side's limit of {max}"
-            )));
-        }
-        Ok(())
+        check_size(what, len, "items", self.limits.max_list)
     }
 
     /// A UTF-8 string, borrowed.
@@ -300,6 +288,16 @@ impl<'a> Reader<'a> {
             other => Err(malformed(format!("invalid integer marker {other}"))),
         }
     }
+}
+
+/// Refuses a string, byte string, list or map of `len` `unit` over `max`.
+fn check_size(what: &str, len: usize, unit: &str, max: usize) -> Res<()> {
+    if len > max {
+        return Err(limit(format!(
+            "{what} {len} {unit} is over this side's limit of {max}"
+        )));
+    }
+    Ok(())
 }
 
 /// The inverse of [`super::encode::zigzag`].
