@@ -398,6 +398,28 @@ fn bincode_config() -> impl bincode::config::Config {
 /// Encodes `msg` as one frame (length prefix included) appended to `out`.
 ///
 /// Returns the size of the message without its prefix.
+///
+/// ```
+/// use rrpc_core::wire::{decode, encode_into, DecodeLimits, Message, Op, WireValue};
+///
+/// let call = Message::Request {
+///     id: 1,
+///     target: 0,
+///     timeout_ms: 30_000,
+///     op: Op::Call { method: "inc".into(), args: vec![WireValue::Int(41)] },
+/// };
+/// let mut frame = Vec::new();
+/// let len = encode_into(&call, &mut frame)?;
+/// assert_eq!(frame[..4], (len as u32).to_be_bytes());
+/// let back = decode(&frame[4..], DecodeLimits::new(64, 10_000))?;
+/// assert_eq!(format!("{back:?}"), format!("{call:?}"));
+///
+/// // Garbage is refused as such; a limit is marked as a limit.
+/// assert!(decode(&[0xff], DecodeLimits::new(64, 10_000)).unwrap_err().starts_with("malformed frame"));
+/// let deep = decode(&frame[4..], DecodeLimits::new(0, 10_000)).unwrap_err();
+/// assert!(deep.starts_with(rrpc_core::wire::LIMIT_MARK));
+/// # Ok::<(), String>(())
+/// ```
 pub fn encode_into(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<usize, String> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
