@@ -158,14 +158,7 @@ impl Frames {
         let prefix_chunk = self.chunks.len() - 1;
         let prefix_at = self.tail().len() - 4;
         let start = self.len;
-        let mut writer = FramesWriter {
-            frames: self,
-            big,
-            stage: [0; STAGE],
-            staged: 0,
-        };
-        wire::encode::message(&mut writer, msg);
-        writer.flush();
+        wire::encode::message(&mut FramesWriter { frames: self, big }, msg);
         let size = self.len - start;
         let prefix = match u32::try_from(size) {
             Ok(prefix) if size <= max => prefix,
@@ -216,35 +209,15 @@ pub(super) enum EncodeFailure {
     TooLarge(usize),
 }
 
-/// Bytes gathered on the stack before they are copied into the frames
-/// (the encoder writes a few fields at a time, often a few bytes).
-const STAGE: usize = 128;
-
-/// The encoder's view of a [`Frames`].
+/// The encoder's view of a [`Frames`]. (The encoder gathers a message's
+/// small fields itself: they are copied in as they come.)
 struct FramesWriter<'a> {
     frames: &'a mut Frames,
     big: &'a [Bytes],
-    stage: [u8; STAGE],
-    staged: usize,
-}
-
-impl FramesWriter<'_> {
-    fn flush(&mut self) {
-        if self.staged > 0 {
-            self.frames.copy_in(&self.stage[..self.staged]);
-            self.staged = 0;
-        }
-    }
 }
 
 impl wire::encode::Out for FramesWriter<'_> {
     fn put(&mut self, bytes: &[u8]) {
-        if let Some(room) = self.stage.get_mut(self.staged..self.staged + bytes.len()) {
-            room.copy_from_slice(bytes);
-            self.staged += bytes.len();
-            return;
-        }
-        self.flush();
         if bytes.len() >= BIG {
             let (start, end) = (
                 bytes.as_ptr() as usize,
