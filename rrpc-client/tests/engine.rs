@@ -50,6 +50,42 @@ async fn an_object_sent_twice_arrives_as_the_same_proxy() {
 }
 
 #[tokio::test]
+async fn arguments_of_every_kind_arrive_as_they_were_sent() {
+    within(20, async {
+        let t = start().await;
+        let conn = rrpc_client::connect(&t.addr).await.unwrap();
+        let root = conn.root();
+        // Written one by one into the frame (no list of wire values first),
+        // a big byte string shared rather than copied, between small ones.
+        let big = bytes::Bytes::from((0..200_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let args = vec![
+            Value::Unit,
+            Value::Bool(true),
+            Value::Int(-1 << 40),
+            Value::UInt(u64::MAX),
+            Value::Float(-2.5),
+            Value::from("ünïcode"),
+            Value::Bytes(bytes::Bytes::from_static(b"small")),
+            Value::Bytes(big.clone()),
+            Value::List(vec![Value::Int(300), Value::List(vec![]), Value::from("x")]),
+            Value::Map(vec![(Value::from("k"), Value::Bytes(big))]),
+            Value::Int(7),
+        ];
+        let back = root.call("echo_all", args.clone()).await.unwrap();
+        assert_eq!(back, Value::List(args.clone()));
+        // The same through a direct invocation of the function's proxy.
+        let echo_all = root.get("echo_all").await.unwrap().into_proxy().unwrap();
+        let back = echo_all.invoke(args.clone()).await.unwrap();
+        assert_eq!(back, Value::List(args));
+        // No argument, and a single one (its length and value share a write).
+        assert_eq!(echo_all.invoke(()).await.unwrap(), Value::List(vec![]));
+        let one = root.call("echo_all", (u64::MAX,)).await.unwrap();
+        assert_eq!(one, Value::List(vec![Value::UInt(u64::MAX)]));
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_proxy_sent_back_is_the_owners_original_object() {
     within(20, async {
         let t = start().await;

@@ -240,6 +240,47 @@ async fn the_live_object_limit_refuses_new_objects_until_some_are_released() {
 }
 
 #[tokio::test]
+async fn a_request_over_the_callers_object_limit_is_refused_and_nothing_leaks() {
+    within(20, async {
+        let (_server, addr) = serve(Server::new(rrpc_server::demo::namespace())).await;
+        let conn =
+            rrpc_client::connect_with(&addr, with(Config::default().with_max_live_objects(2)))
+                .await
+                .unwrap();
+        let path = conn.root().get("path").await.unwrap().into_proxy().unwrap();
+        let f = |name: &'static str| {
+            rrpc_client::Function::blocking(name, |_| Ok(Value::Unit)).into_value()
+        };
+        let (a, b, c) = (f("a"), f("b"), f("c"));
+
+        // The third object of the list is one too many: nothing is sent, and
+        // the two counted before it are given back.
+        let err = path
+            .call(
+                "extend",
+                (Value::List(vec![a.clone(), b.clone(), c.clone()]),),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.remote_kind(), Some(&ErrorKind::Refused), "{err}");
+        assert!(err.to_string().contains("live-object limit"), "{err}");
+        assert_eq!(conn.stats().exported_objects, 0);
+
+        // Two fit; then a later argument over the limit refuses the call
+        // after an earlier one was written: the frame is taken back whole.
+        path.call("extend", (Value::List(vec![a, b]),))
+            .await
+            .unwrap();
+        let err = path.call("insert", (0, c)).await.unwrap_err();
+        assert_eq!(err.remote_kind(), Some(&ErrorKind::Refused), "{err}");
+        assert_eq!(conn.stats().exported_objects, 2);
+        let len = path.call("len", ()).await.unwrap();
+        assert_eq!(len.as_i64(), Some(2), "the connection is intact");
+    })
+    .await
+}
+
+#[tokio::test]
 async fn string_and_list_size_limits_refuse_the_request_alone() {
     within(20, async {
         let mut root = rrpc_server::demo::namespace();

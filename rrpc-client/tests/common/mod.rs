@@ -103,6 +103,16 @@ pub async fn start() -> TestServer {
         Function::blocking("echo", |mut a: Args| a.take_value(0, "x")).into_value(),
     );
     root.insert(
+        "echo_all",
+        Function::blocking("echo_all", |mut a: Args| {
+            let all = (0..a.len())
+                .map(|i| a.take_value(i, "x"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Value::List(all))
+        })
+        .into_value(),
+    );
+    root.insert(
         "same",
         Function::blocking("same", |a: Args| {
             Ok(match (a.get(0), a.get(1)) {

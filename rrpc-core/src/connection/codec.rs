@@ -12,7 +12,7 @@ use crate::objects::object_key;
 use crate::proxy::{Proxy, ProxyInner};
 use crate::remote::Remote;
 use crate::value::Value;
-use crate::wire::{Message, Op, WireError, WireValue};
+use crate::wire::{self, Message, WireError, WireValue};
 
 use super::outbox::{EncodeFailure, Frames, BIG};
 use super::{Connection, Shared};
@@ -115,12 +115,47 @@ impl<'s> Encoder<'s> {
             return Err(refused);
         }
         let limit = self.shared.peer_max_frame;
-        match out.encode(msg, &self.big, limit) {
+        let written = out.encode(msg, &self.big, limit);
+        self.settle(written, limit)
+    }
+
+    /// The first reference that could not be exported, if any: the message
+    /// cannot be sent.
+    fn check(&mut self) -> Result<(), Error> {
+        match self.refused.take() {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a list of values (a call's arguments), each encoded as soon as
+    /// it is converted: no list of wire values is gathered first.
+    fn values_into(&mut self, frames: &mut Frames, values: &[Value]) -> Result<(), Error> {
+        let Some((first, rest)) = values.split_first() else {
+            wire::encode::len(&mut frames.writer(&[]), 0);
+            return Ok(());
+        };
+        let v = self.value(first);
+        self.check()?;
+        wire::encode::len_then_value(&mut frames.writer(&self.big), values.len(), &v);
+        for value in rest {
+            let v = self.value(value);
+            self.check()?;
+            wire::encode::value(&mut frames.writer(&self.big), &v);
+        }
+        Ok(())
+    }
+
+    /// What became of a message: when it was written, the references it
+    /// counted stay counted (the peer will hold them).
+    fn settle(mut self, written: Result<usize, EncodeFailure>, limit: usize) -> Result<(), Error> {
+        match written {
             Ok(_) => {
                 self.exported.clear();
                 Ok(())
             }
             Err(EncodeFailure::TooLarge(size)) => Err(Error::FrameTooLarge { size, limit }),
+            Err(EncodeFailure::Refused(refused)) => Err(refused),
         }
     }
 }
@@ -191,6 +226,9 @@ pub(super) fn timeout_ms(timeout: Duration) -> u64 {
 }
 
 impl Shared {
+    /// Appends the request frame to `out`; on failure `out` is left as it
+    /// was. The arguments are encoded as they are converted (references
+    /// exported), with no list of wire values in between.
     pub(super) fn encode_request(
         &self,
         id: u64,
@@ -199,31 +237,44 @@ impl Shared {
         op: &OutOp,
         out: &mut Frames,
     ) -> Result<(), Error> {
+        use wire::encode::{request_head, tag, text};
         let mut enc = Encoder::new(self);
-        let op = match op {
-            OutOp::Call { method, args } => Op::Call {
-                method: Cow::Borrowed(method.as_str()),
-                args: args.iter().map(|v| enc.value(v)).collect(),
-            },
-            OutOp::Invoke { args } => Op::Invoke {
-                args: args.iter().map(|v| enc.value(v)).collect(),
-            },
-            OutOp::GetAttr { name } => Op::GetAttr {
-                name: Cow::Borrowed(name.as_str()),
-            },
-            OutOp::SetAttr { name, value } => Op::SetAttr {
-                name: Cow::Borrowed(name.as_str()),
-                value: enc.value(value),
-            },
-            OutOp::Dir => Op::Dir,
-        };
-        let msg = Message::Request {
-            id,
-            target,
-            timeout_ms: timeout_ms(timeout),
-            op,
-        };
-        enc.finish_into(&msg, out)
+        let limit = self.peer_max_frame;
+        let timeout_ms = timeout_ms(timeout);
+        let written = out.encode_with(limit, |frames| {
+            let head = |frames: &mut Frames, op| {
+                request_head(&mut frames.writer(&[]), id, target, timeout_ms, op);
+            };
+            match op {
+                OutOp::Call { method, args } => {
+                    head(frames, tag::CALL);
+                    text(&mut frames.writer(&[]), method);
+                    enc.values_into(frames, args)
+                }
+                OutOp::Invoke { args } => {
+                    head(frames, tag::INVOKE);
+                    enc.values_into(frames, args)
+                }
+                OutOp::GetAttr { name } => {
+                    head(frames, tag::GET_ATTR);
+                    text(&mut frames.writer(&[]), name);
+                    Ok(())
+                }
+                OutOp::SetAttr { name, value } => {
+                    head(frames, tag::SET_ATTR);
+                    text(&mut frames.writer(&[]), name);
+                    let v = enc.value(value);
+                    enc.check()?;
+                    wire::encode::value(&mut frames.writer(&enc.big), &v);
+                    Ok(())
+                }
+                OutOp::Dir => {
+                    head(frames, tag::DIR);
+                    Ok(())
+                }
+            }
+        });
+        enc.settle(written, limit)
     }
 
     /// Appends the reply frame to `out`; a result the peer cannot take (too

@@ -153,12 +153,30 @@ impl Frames {
         big: &[Bytes],
         max: usize,
     ) -> Result<usize, EncodeFailure> {
+        self.encode_with(max, |frames| {
+            wire::encode::message(&mut frames.writer(big), msg);
+            Ok(())
+        })
+    }
+
+    /// Appends one frame whose message `body` writes (through
+    /// [`writer`](Self::writer)), length prefix included. Returns the size
+    /// of the message without its prefix; when `body` fails, or the message
+    /// is larger than `max`, nothing is appended.
+    pub(super) fn encode_with(
+        &mut self,
+        max: usize,
+        body: impl FnOnce(&mut Frames) -> Result<(), crate::error::Error>,
+    ) -> Result<usize, EncodeFailure> {
         let mark = self.mark();
         self.copy_in(&[0; 4]);
         let prefix_chunk = self.chunks.len() - 1;
         let prefix_at = self.tail().len() - 4;
         let start = self.len;
-        wire::encode::message(&mut FramesWriter { frames: self, big }, msg);
+        if let Err(e) = body(self) {
+            self.rollback(mark);
+            return Err(EncodeFailure::Refused(e));
+        }
         let size = self.len - start;
         let prefix = match u32::try_from(size) {
             Ok(prefix) if size <= max => prefix,
@@ -171,6 +189,12 @@ impl Frames {
             v[prefix_at..prefix_at + 4].copy_from_slice(&prefix.to_be_bytes());
         }
         Ok(size)
+    }
+
+    /// The encoder's view of these frames: byte strings of [`BIG`] bytes or
+    /// more that are slices of one of `big` are shared, not copied.
+    pub(super) fn writer<'a>(&'a mut self, big: &'a [Bytes]) -> impl wire::encode::Out + 'a {
+        FramesWriter { frames: self, big }
     }
 
     /// Moves every frame of `other` to the end of these; `other` is left
@@ -207,6 +231,8 @@ impl Frames {
 pub(super) enum EncodeFailure {
     /// The message is larger than allowed, by this many bytes.
     TooLarge(usize),
+    /// What wrote the message gave up (a value it could not send).
+    Refused(crate::error::Error),
 }
 
 /// The encoder's view of a [`Frames`]. (The encoder gathers a message's
@@ -356,6 +382,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
+    use crate::wire::encode::Out;
     use crate::wire::{DecodeLimits, Op, WireValue};
 
     const LIMITS: DecodeLimits = DecodeLimits {
@@ -439,6 +466,34 @@ mod tests {
         assert_eq!(flat(&frames), before);
         assert_eq!(frames.len(), before.len());
         // Still usable afterwards.
+        frames.encode(&Message::Pong, &[], usize::MAX).unwrap();
+        let mut expected = before;
+        wire::encode_into(&Message::Pong, &mut expected).unwrap();
+        assert_eq!(flat(&frames), expected);
+    }
+
+    #[test]
+    fn a_frame_whose_writer_gives_up_leaves_nothing_behind() {
+        let payload = Bytes::from(vec![3u8; BIG + 1]);
+        let mut frames = Frames::default();
+        frames.encode(&Message::Ping, &[], usize::MAX).unwrap();
+        let before = flat(&frames);
+        let err = frames
+            .encode_with(usize::MAX, |frames| {
+                let mut out = frames.writer(std::slice::from_ref(&payload));
+                out.put(b"head");
+                out.put(&payload); // shared: a chunk of its own
+                out.put(b"tail");
+                Err(crate::error::Error::Closed)
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            EncodeFailure::Refused(crate::error::Error::Closed)
+        ));
+        assert_eq!(flat(&frames), before);
+        assert_eq!(frames.len(), before.len());
+        assert_eq!(frames.chunks().len(), 1);
         frames.encode(&Message::Pong, &[], usize::MAX).unwrap();
         let mut expected = before;
         wire::encode_into(&Message::Pong, &mut expected).unwrap();

@@ -20,7 +20,7 @@ impl Out for Vec<u8> {
 }
 
 /// Variant indexes, as serde numbers them (declaration order).
-pub(super) mod tag {
+pub(crate) mod tag {
     pub const REQUEST: u64 = 0;
     pub const REPLY: u64 = 1;
     pub const CANCEL: u64 = 2;
@@ -66,14 +66,7 @@ pub(crate) fn message(out: &mut impl Out, msg: &Message<'_>) {
             timeout_ms,
             op,
         } => {
-            // The fixed fields go out in one piece.
-            let mut head = Head::default();
-            head.varint(tag::REQUEST);
-            head.varint(*id);
-            head.varint(*target);
-            head.varint(*timeout_ms);
-            head.varint(op_tag(op));
-            out.put(head.bytes());
+            request_head(out, *id, *target, *timeout_ms, op_tag(op));
             op_body(out, op);
         }
         Message::Reply { id, result } => {
@@ -115,6 +108,23 @@ pub(crate) fn message(out: &mut impl Out, msg: &Message<'_>) {
     }
 }
 
+/// Writes a request's fixed fields, up to its operation's tag (one of
+/// [`tag`]'s `CALL` .. `DIR`). The operation's body follows: what
+/// [`message`] writes for it, or, to encode arguments one at a time without
+/// gathering them in a list first, [`text`] for a method's name, then
+/// [`len_then_value`] for the number of arguments and the first one, and
+/// [`value`] for each of the others (or [`len`] of 0 when there are none).
+pub(crate) fn request_head(out: &mut impl Out, id: u64, target: u64, timeout_ms: u64, op: u64) {
+    // The fixed fields go out in one piece.
+    let mut head = Head::default();
+    head.varint(tag::REQUEST);
+    head.varint(id);
+    head.varint(target);
+    head.varint(timeout_ms);
+    head.varint(op);
+    out.put(head.bytes());
+}
+
 fn op_tag(op: &Op<'_>) -> u64 {
     match op {
         Op::Call { .. } => tag::CALL,
@@ -142,19 +152,26 @@ fn op_body(out: &mut impl Out, op: &Op<'_>) {
 }
 
 fn values(out: &mut impl Out, list: &[WireValue<'_>]) {
-    let mut head = Head::default();
-    head.varint(list.len() as u64);
     match list {
-        // The common call: its single scalar argument joins the length.
-        [only] => value_with(out, head, only),
-        _ => {
-            out.put(head.bytes());
-            list.iter().for_each(|v| value(out, v));
+        [] => len(out, 0),
+        [first, rest @ ..] => {
+            len_then_value(out, list.len(), first);
+            rest.iter().for_each(|v| value(out, v));
         }
     }
 }
 
-fn value(out: &mut impl Out, v: &WireValue<'_>) {
+/// Writes the length `n` of a list and its first item, `first` (the
+/// others follow with [`value`]). The length and a scalar item go out in
+/// one piece: the common call has a single scalar argument.
+pub(crate) fn len_then_value(out: &mut impl Out, n: usize, first: &WireValue<'_>) {
+    let mut head = Head::default();
+    head.varint(n as u64);
+    value_with(out, head, first);
+}
+
+/// Writes one value.
+pub(crate) fn value(out: &mut impl Out, v: &WireValue<'_>) {
     value_with(out, Head::default(), v);
 }
 
@@ -224,7 +241,8 @@ fn error(out: &mut impl Out, e: &WireError<'_>) {
     e.context.iter().for_each(|c| text(out, c));
 }
 
-fn text(out: &mut impl Out, s: &str) {
+/// Writes a string (its length, then its bytes).
+pub(crate) fn text(out: &mut impl Out, s: &str) {
     bytes(out, s.as_bytes());
 }
 
@@ -233,7 +251,8 @@ fn bytes(out: &mut impl Out, b: &[u8]) {
     out.put(b);
 }
 
-fn len(out: &mut impl Out, n: usize) {
+/// Writes a length (of a list, map, string or byte string).
+pub(crate) fn len(out: &mut impl Out, n: usize) {
     varint(out, n as u64);
 }
 
