@@ -325,23 +325,17 @@ impl Shared {
             WireValue::Float(f) => Value::Float(f),
             WireValue::Str(s) => Value::Str(s.into_owned()),
             WireValue::Bytes(b) => Value::Bytes(bytes_from(b, frame)),
-            WireValue::List(items) => Value::List(
-                items
-                    .into_iter()
-                    .map(|v| self.decode_value(conn, v, frame))
-                    .collect::<Result<_, _>>()?,
-            ),
-            WireValue::Map(pairs) => Value::Map(
-                pairs
-                    .into_iter()
-                    .map(|(k, v)| {
-                        Ok((
-                            self.decode_value(conn, k, frame)?,
-                            self.decode_value(conn, v, frame)?,
-                        ))
-                    })
-                    .collect::<Result<_, RemoteError>>()?,
-            ),
+            WireValue::List(items) => Value::List(self.decode_values(conn, items, frame)?),
+            WireValue::Map(pairs) => {
+                let mut map = Vec::with_capacity(pairs.len());
+                for (k, v) in pairs {
+                    map.push((
+                        self.decode_value(conn, k, frame)?,
+                        self.decode_value(conn, v, frame)?,
+                    ));
+                }
+                Value::Map(map)
+            }
             WireValue::SenderRef { id, type_name } => {
                 let Some(conn) = conn.get() else {
                     return Err(RemoteError::new(
@@ -372,9 +366,12 @@ impl Shared {
         wires: Vec<WireValue<'_>>,
         frame: &Bytes,
     ) -> Result<Vec<Value>, RemoteError> {
-        wires
-            .into_iter()
-            .map(|w| self.decode_value(conn, w, frame))
-            .collect()
+        // A loop: collecting into a `Result` cost a served call about 120
+        // instructions more (callgrind).
+        let mut values = Vec::with_capacity(wires.len());
+        for wire in wires {
+            values.push(self.decode_value(conn, wire, frame)?);
+        }
+        Ok(values)
     }
 }
