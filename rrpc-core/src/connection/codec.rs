@@ -237,39 +237,36 @@ impl Shared {
         op: &OutOp,
         out: &mut Frames,
     ) -> Result<(), Error> {
-        use wire::encode::{request_head, tag, text};
+        use wire::encode::{request_head, tag};
         let mut enc = Encoder::new(self);
         let limit = self.peer_max_frame;
         let timeout_ms = timeout_ms(timeout);
         let written = out.encode_with(limit, |frames| {
-            let head = |frames: &mut Frames, op| {
-                request_head(&mut frames.writer(&[]), id, target, timeout_ms, op);
+            let head = |frames: &mut Frames, op, name: Option<&str>| {
+                request_head(&mut frames.writer(&[]), id, target, timeout_ms, op, name);
             };
             match op {
                 OutOp::Call { method, args } => {
-                    head(frames, tag::CALL);
-                    text(&mut frames.writer(&[]), method);
+                    head(frames, tag::CALL, Some(method));
                     enc.values_into(frames, args)
                 }
                 OutOp::Invoke { args } => {
-                    head(frames, tag::INVOKE);
+                    head(frames, tag::INVOKE, None);
                     enc.values_into(frames, args)
                 }
                 OutOp::GetAttr { name } => {
-                    head(frames, tag::GET_ATTR);
-                    text(&mut frames.writer(&[]), name);
+                    head(frames, tag::GET_ATTR, Some(name));
                     Ok(())
                 }
                 OutOp::SetAttr { name, value } => {
-                    head(frames, tag::SET_ATTR);
-                    text(&mut frames.writer(&[]), name);
+                    head(frames, tag::SET_ATTR, Some(name));
                     let v = enc.value(value);
                     enc.check()?;
                     wire::encode::value(&mut frames.writer(&enc.big), &v);
                     Ok(())
                 }
                 OutOp::Dir => {
-                    head(frames, tag::DIR);
+                    head(frames, tag::DIR, None);
                     Ok(())
                 }
             }

@@ -66,8 +66,8 @@ pub(crate) fn message(out: &mut impl Out, msg: &Message<'_>) {
             timeout_ms,
             op,
         } => {
-            request_head(out, *id, *target, *timeout_ms, op_tag(op));
-            op_body(out, op);
+            request_head(out, *id, *target, *timeout_ms, op_tag(op), op_name(op));
+            op_rest(out, op);
         }
         Message::Reply { id, result } => {
             let mut head = Head::default();
@@ -109,20 +109,31 @@ pub(crate) fn message(out: &mut impl Out, msg: &Message<'_>) {
 }
 
 /// Writes a request's fixed fields, up to its operation's tag (one of
-/// [`tag`]'s `CALL` .. `DIR`). The operation's body follows: what
-/// [`message`] writes for it, or, to encode arguments one at a time without
-/// gathering them in a list first, [`text`] for a method's name, then
-/// [`len_then_value`] for the number of arguments and the first one, and
-/// [`value`] for each of the others (or [`len`] of 0 when there are none).
-pub(crate) fn request_head(out: &mut impl Out, id: u64, target: u64, timeout_ms: u64, op: u64) {
-    // The fixed fields go out in one piece.
+/// [`tag`]'s `CALL` .. `DIR`), and the operation's name when it has one
+/// (a method's or an attribute's). The rest of the operation follows: what
+/// [`message`] writes for it or, to encode arguments one at a time without
+/// gathering them in a list first, [`len_then_value`] for the number of
+/// arguments and the first one, then [`value`] for each of the others (or
+/// [`len`] of 0 when there are none).
+pub(crate) fn request_head(
+    out: &mut impl Out,
+    id: u64,
+    target: u64,
+    timeout_ms: u64,
+    op: u64,
+    name: Option<&str>,
+) {
+    // The fixed fields, and a short name with them, go out in one piece.
     let mut head = Head::default();
     head.varint(tag::REQUEST);
     head.varint(id);
     head.varint(target);
     head.varint(timeout_ms);
     head.varint(op);
-    out.put(head.bytes());
+    match name {
+        Some(name) => bytes_with(out, head, name.as_bytes()),
+        None => out.put(head.bytes()),
+    }
 }
 
 fn op_tag(op: &Op<'_>) -> u64 {
@@ -135,19 +146,21 @@ fn op_tag(op: &Op<'_>) -> u64 {
     }
 }
 
-fn op_body(out: &mut impl Out, op: &Op<'_>) {
+/// The name of an operation that has one.
+fn op_name<'a>(op: &'a Op<'_>) -> Option<&'a str> {
     match op {
-        Op::Call { method, args } => {
-            text(out, method);
-            values(out, args);
-        }
-        Op::Invoke { args } => values(out, args),
-        Op::GetAttr { name } => text(out, name),
-        Op::SetAttr { name, value: v } => {
-            text(out, name);
-            value(out, v);
-        }
-        Op::Dir => {}
+        Op::Call { method, .. } => Some(method),
+        Op::GetAttr { name } | Op::SetAttr { name, .. } => Some(name),
+        Op::Invoke { .. } | Op::Dir => None,
+    }
+}
+
+/// What an operation holds after its name.
+fn op_rest(out: &mut impl Out, op: &Op<'_>) {
+    match op {
+        Op::Call { args, .. } | Op::Invoke { args } => values(out, args),
+        Op::SetAttr { value: v, .. } => value(out, v),
+        Op::GetAttr { .. } | Op::Dir => {}
     }
 }
 
@@ -202,18 +215,15 @@ fn value_with(out: &mut impl Out, mut head: Head, v: &WireValue<'_>) {
         WireValue::SenderRef { id, type_name } => {
             head.varint(tag::SENDER_REF);
             head.varint(*id);
-            out.put(head.bytes());
-            return text(out, type_name);
+            return bytes_with(out, head, type_name.as_bytes());
         }
         WireValue::Str(s) => {
             head.varint(tag::STR);
-            out.put(head.bytes());
-            return text(out, s);
+            return bytes_with(out, head, s.as_bytes());
         }
         WireValue::Bytes(b) => {
             head.varint(tag::BYTES);
-            out.put(head.bytes());
-            return bytes(out, b);
+            return bytes_with(out, head, b);
         }
         WireValue::List(l) => {
             head.varint(tag::LIST);
@@ -241,14 +251,25 @@ fn error(out: &mut impl Out, e: &WireError<'_>) {
     e.context.iter().for_each(|c| text(out, c));
 }
 
-/// Writes a string (its length, then its bytes).
-pub(crate) fn text(out: &mut impl Out, s: &str) {
+fn text(out: &mut impl Out, s: &str) {
     bytes(out, s.as_bytes());
 }
 
 fn bytes(out: &mut impl Out, b: &[u8]) {
-    len(out, b.len());
-    out.put(b);
+    bytes_with(out, Head::default(), b);
+}
+
+/// Writes a byte string after the bytes already in `head`; a short one
+/// joins them in one piece.
+fn bytes_with(out: &mut impl Out, mut head: Head, b: &[u8]) {
+    head.varint(b.len() as u64);
+    if b.len() <= head.room() {
+        head.raw(b);
+        out.put(head.bytes());
+    } else {
+        out.put(head.bytes());
+        out.put(b);
+    }
 }
 
 /// Writes a length (of a list, map, string or byte string).
@@ -269,8 +290,9 @@ pub(super) fn zigzag(i: i64) -> u64 {
 }
 
 /// Room for the fixed fields of a message, gathered on the stack and
-/// written at once (at most 29 bytes are: see [`Head::raw`]).
-const HEAD: usize = 32;
+/// written at once (at most 29 bytes of fields, see [`Head::raw`], and a
+/// short string when it fits in what is left).
+const HEAD: usize = 64;
 
 struct Head {
     buf: [u8; HEAD],
@@ -295,9 +317,15 @@ impl Head {
         self.raw(&[b]);
     }
 
+    /// Bytes that can still be gathered.
+    fn room(&self) -> usize {
+        HEAD - self.len
+    }
+
     fn raw(&mut self, bytes: &[u8]) {
         // The most any caller gathers is a request's: 2 tags and 3
-        // integers (29 bytes); a head never falls short.
+        // integers (29 bytes), and then a string only when it fits in
+        // `room`; a head never falls short.
         let end = self.len + bytes.len();
         self.buf[self.len..end].copy_from_slice(bytes);
         self.len = end;
