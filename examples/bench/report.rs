@@ -301,6 +301,12 @@ const ROWS: &[Row] = &[
         Some(Target::RatioAtMost(2.0)),
     ),
     row("callback p25", "callback_p25", NULL_P25, None),
+    row(
+        "  callback - 2 null_call",
+        "callback_excess_p50",
+        None,
+        None,
+    ),
     row("async_callback p50", "async_callback_p50", NULL_P50, None),
     row(
         "pool overhead / job",
