@@ -312,8 +312,9 @@ async fn measure(
             let cb_p50 = percentile_us(&mut cb, 50.0);
             r.rrpc("callback_p50", cb_p50, "us");
             // What a callback adds to its two round trips, each a null
-            // call's: `callback <= 2x null_call` holds only while this is
-            // zero or less (see BENCHMARKS.md).
+            // call's (the difference of the medians, informational):
+            // `callback <= 2x null_call` holds only while it is zero or
+            // less (see BENCHMARKS.md).
             r.rrpc("callback_excess_p50", cb_p50 - 2.0 * null_p50, "us");
             r.rrpc("callback_p25", percentile_us(&mut cb, 25.0), "us");
             r.rrpc("async_callback_p50", percentile_us(&mut acb, 50.0), "us");

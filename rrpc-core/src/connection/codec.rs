@@ -14,7 +14,7 @@ use crate::remote::Remote;
 use crate::value::Value;
 use crate::wire::{self, Message, WireError, WireValue};
 
-use super::outbox::{EncodeFailure, Frames, BIG};
+use super::outbox::{Body, EncodeFailure, Frames, BIG};
 use super::{Connection, Shared};
 
 /// Encodes values for one outgoing message, remembering which references it
@@ -130,18 +130,18 @@ impl<'s> Encoder<'s> {
 
     /// Writes a list of values (a call's arguments), each encoded as soon as
     /// it is converted: no list of wire values is gathered first.
-    fn values_into(&mut self, frames: &mut Frames, values: &[Value]) -> Result<(), Error> {
+    fn values_into(&mut self, body: &mut Body<'_>, values: &[Value]) -> Result<(), Error> {
         let Some((first, rest)) = values.split_first() else {
-            wire::encode::len(&mut frames.writer(&[]), 0);
+            wire::encode::len(&mut body.writer(&[]), 0);
             return Ok(());
         };
         let v = self.value(first);
         self.check()?;
-        wire::encode::len_then_value(&mut frames.writer(&self.big), values.len(), &v);
+        wire::encode::len_then_value(&mut body.writer(&self.big), values.len(), &v);
         for value in rest {
             let v = self.value(value);
             self.check()?;
-            wire::encode::value(&mut frames.writer(&self.big), &v);
+            wire::encode::value(&mut body.writer(&self.big), &v);
         }
         Ok(())
     }
@@ -241,32 +241,32 @@ impl Shared {
         let mut enc = Encoder::new(self);
         let limit = self.peer_max_frame;
         let timeout_ms = timeout_ms(timeout);
-        let written = out.encode_with(limit, |frames| {
-            let head = |frames: &mut Frames, op, name: Option<&str>| {
-                request_head(&mut frames.writer(&[]), id, target, timeout_ms, op, name);
+        let written = out.encode_with(limit, |body| {
+            let head = |body: &mut Body<'_>, op, name: Option<&str>| {
+                request_head(&mut body.writer(&[]), id, target, timeout_ms, op, name);
             };
             match op {
                 OutOp::Call { method, args } => {
-                    head(frames, tag::CALL, Some(method));
-                    enc.values_into(frames, args)
+                    head(body, tag::CALL, Some(method));
+                    enc.values_into(body, args)
                 }
                 OutOp::Invoke { args } => {
-                    head(frames, tag::INVOKE, None);
-                    enc.values_into(frames, args)
+                    head(body, tag::INVOKE, None);
+                    enc.values_into(body, args)
                 }
                 OutOp::GetAttr { name } => {
-                    head(frames, tag::GET_ATTR, Some(name));
+                    head(body, tag::GET_ATTR, Some(name));
                     Ok(())
                 }
                 OutOp::SetAttr { name, value } => {
-                    head(frames, tag::SET_ATTR, Some(name));
+                    head(body, tag::SET_ATTR, Some(name));
                     let v = enc.value(value);
                     enc.check()?;
-                    wire::encode::value(&mut frames.writer(&enc.big), &v);
+                    wire::encode::value(&mut body.writer(&enc.big), &v);
                     Ok(())
                 }
                 OutOp::Dir => {
-                    head(frames, tag::DIR, None);
+                    head(body, tag::DIR, None);
                     Ok(())
                 }
             }
@@ -370,5 +370,114 @@ impl Shared {
             values.push(self.decode_value(conn, wire, frame)?);
         }
         Ok(values)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::handshake::Role;
+    use crate::objects_kit::{Function, Namespace};
+    use crate::wire::Op;
+
+    use super::super::outbox::Chunk;
+
+    /// Two connected ends over in-memory pipes; the first with `config`.
+    async fn pair(config: Config) -> (Connection, Connection) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let ((ar, aw), (br, bw)) = (tokio::io::split(a), tokio::io::split(b));
+        let root = || Arc::new(Namespace::new("root")) as Arc<dyn Remote>;
+        let (ours, theirs) = tokio::join!(
+            Connection::establish(ar, aw, config, root(), "a", Role::Client),
+            Connection::establish(br, bw, Config::default(), root(), "b", Role::Server),
+        );
+        (ours.unwrap(), theirs.unwrap())
+    }
+
+    fn flat(frames: &Frames) -> Vec<u8> {
+        frames
+            .chunks()
+            .iter()
+            .flat_map(|c| c.as_slice().to_vec())
+            .collect()
+    }
+
+    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+        async {
+            tokio::time::timeout(Duration::from_secs(10), f)
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_is_the_messages_bytes_and_its_big_argument_is_shared() {
+        within(async {
+            let (conn, _peer) = pair(Config::default()).await;
+            let big = Bytes::from(vec![9u8; BIG + 5]);
+            let op = OutOp::Call {
+                method: "a_method_name_longer_than_the_room_left".into(),
+                args: vec![Value::from(-7), Value::Bytes(big.clone()), Value::from("x")],
+            };
+            let mut frames = Frames::default();
+            conn.shared
+                .encode_request(300, 3, Duration::from_millis(1500), &op, &mut frames)
+                .unwrap();
+            assert!(
+                frames
+                    .chunks()
+                    .iter()
+                    .any(|c| matches!(c, Chunk::Shared(b) if b.as_ptr() == big.as_ptr())),
+                "the big argument was copied"
+            );
+            let expected = Message::Request {
+                id: 300,
+                target: 3,
+                timeout_ms: 1500,
+                op: Op::Call {
+                    method: Cow::Borrowed("a_method_name_longer_than_the_room_left"),
+                    args: vec![
+                        WireValue::Int(-7),
+                        WireValue::Bytes(Cow::Borrowed(&big)),
+                        WireValue::Str(Cow::Borrowed("x")),
+                    ],
+                },
+            };
+            let mut want = Vec::new();
+            wire::encode_into(&expected, &mut want).unwrap();
+            assert_eq!(flat(&frames), want);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_refused_reference_leaves_the_frames_and_the_exports_as_they_were() {
+        within(async {
+            let (conn, _peer) = pair(Config::default().with_max_live_objects(1)).await;
+            let f = |name: &'static str| Function::blocking(name, |_| Ok(Value::Unit)).into_value();
+            let mut frames = Frames::default();
+            let ping = OutOp::GetAttr { name: "x".into() };
+            conn.shared
+                .encode_request(1, 0, Duration::from_secs(1), &ping, &mut frames)
+                .unwrap();
+            let before = flat(&frames);
+            // The first object is exported, the second is over the limit:
+            // the request is refused after its first argument was written.
+            let op = OutOp::Invoke {
+                args: vec![f("a"), Value::Bytes(Bytes::from(vec![1u8; BIG])), f("b")],
+            };
+            let err = conn
+                .shared
+                .encode_request(2, 0, Duration::from_secs(1), &op, &mut frames)
+                .unwrap_err();
+            assert!(err.to_string().contains("live-object limit"), "{err}");
+            assert_eq!(flat(&frames), before);
+            assert_eq!(frames.len(), before.len());
+            assert_eq!(frames.chunks().len(), 1);
+            assert_eq!(conn.stats().exported_objects, 0);
+        })
+        .await
     }
 }

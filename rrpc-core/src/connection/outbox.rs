@@ -153,27 +153,27 @@ impl Frames {
         big: &[Bytes],
         max: usize,
     ) -> Result<usize, EncodeFailure> {
-        self.encode_with(max, |frames| {
-            wire::encode::message(&mut frames.writer(big), msg);
+        self.encode_with(max, |body| {
+            wire::encode::message(&mut body.writer(big), msg);
             Ok(())
         })
     }
 
-    /// Appends one frame whose message `body` writes (through
-    /// [`writer`](Self::writer)), length prefix included. Returns the size
-    /// of the message without its prefix; when `body` fails, or the message
-    /// is larger than `max`, nothing is appended.
+    /// Appends one frame whose message `body` writes, length prefix
+    /// included. Returns the size of the message without its prefix; when
+    /// `body` fails, or the message is larger than `max`, nothing is
+    /// appended.
     pub(super) fn encode_with(
         &mut self,
         max: usize,
-        body: impl FnOnce(&mut Frames) -> Result<(), crate::error::Error>,
+        body: impl FnOnce(&mut Body<'_>) -> Result<(), crate::error::Error>,
     ) -> Result<usize, EncodeFailure> {
         let mark = self.mark();
         self.copy_in(&[0; 4]);
         let prefix_chunk = self.chunks.len() - 1;
         let prefix_at = self.tail().len() - 4;
         let start = self.len;
-        if let Err(e) = body(self) {
+        if let Err(e) = body(&mut Body(self)) {
             self.rollback(mark);
             return Err(EncodeFailure::Refused(e));
         }
@@ -189,12 +189,6 @@ impl Frames {
             v[prefix_at..prefix_at + 4].copy_from_slice(&prefix.to_be_bytes());
         }
         Ok(size)
-    }
-
-    /// The encoder's view of these frames: byte strings of [`BIG`] bytes or
-    /// more that are slices of one of `big` are shared, not copied.
-    pub(super) fn writer<'a>(&'a mut self, big: &'a [Bytes]) -> impl wire::encode::Out + 'a {
-        FramesWriter { frames: self, big }
     }
 
     /// Moves every frame of `other` to the end of these; `other` is left
@@ -223,6 +217,24 @@ impl Frames {
         }
         other.chunks.extend(kept.map(Chunk::Owned));
         other.len = 0;
+    }
+}
+
+/// The frame being written by [`Frames::encode_with`]'s `body`: it can only
+/// be appended to.
+pub(super) struct Body<'f>(&'f mut Frames);
+
+// A byte string gathered with the fields before it is never one to share.
+const _: () = assert!(wire::encode::HEAD < BIG);
+
+impl Body<'_> {
+    /// The encoder's view of the frame: byte strings of [`BIG`] bytes or
+    /// more that are slices of one of `big` are shared, not copied.
+    pub(super) fn writer<'a>(&'a mut self, big: &'a [Bytes]) -> impl wire::encode::Out + 'a {
+        FramesWriter {
+            frames: self.0,
+            big,
+        }
     }
 }
 
@@ -479,8 +491,8 @@ mod tests {
         frames.encode(&Message::Ping, &[], usize::MAX).unwrap();
         let before = flat(&frames);
         let err = frames
-            .encode_with(usize::MAX, |frames| {
-                let mut out = frames.writer(std::slice::from_ref(&payload));
+            .encode_with(usize::MAX, |body| {
+                let mut out = body.writer(std::slice::from_ref(&payload));
                 out.put(b"head");
                 out.put(&payload); // shared: a chunk of its own
                 out.put(b"tail");

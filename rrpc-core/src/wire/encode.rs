@@ -290,9 +290,11 @@ pub(super) fn zigzag(i: i64) -> u64 {
 }
 
 /// Room for the fixed fields of a message, gathered on the stack and
-/// written at once (at most 29 bytes of fields, see [`Head::raw`], and a
-/// short string when it fits in what is left).
-const HEAD: usize = 64;
+/// written at once: at most 38 bytes (a request's 2 tags and 3 integers,
+/// 29 bytes, then its name's length), and a short string when it fits in
+/// what is left (see [`Head::raw`]).
+pub(crate) const HEAD: usize = 64;
+const _: () = assert!(HEAD >= 38);
 
 struct Head {
     buf: [u8; HEAD],
@@ -323,9 +325,9 @@ impl Head {
     }
 
     fn raw(&mut self, bytes: &[u8]) {
-        // The most any caller gathers is a request's: 2 tags and 3
-        // integers (29 bytes), and then a string only when it fits in
-        // `room`; a head never falls short.
+        // The most any caller gathers is a request's: 2 tags, 3 integers
+        // and a length (38 bytes, see `HEAD`), and then a string only when
+        // it fits in `room`; a head never falls short.
         let end = self.len + bytes.len();
         self.buf[self.len..end].copy_from_slice(bytes);
         self.len = end;
