@@ -458,9 +458,9 @@ mod tests {
             let (conn, _peer) = pair(Config::default().with_max_live_objects(1)).await;
             let f = |name: &'static str| Function::blocking(name, |_| Ok(Value::Unit)).into_value();
             let mut frames = Frames::default();
-            let ping = OutOp::GetAttr { name: "x".into() };
+            let first = OutOp::GetAttr { name: "x".into() };
             conn.shared
-                .encode_request(1, 0, Duration::from_secs(1), &ping, &mut frames)
+                .encode_request(1, 0, Duration::from_secs(1), &first, &mut frames)
                 .unwrap();
             let before = flat(&frames);
             // The first object is exported, the second is over the limit:
