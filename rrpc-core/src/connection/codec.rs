@@ -404,12 +404,10 @@ mod tests {
             .collect()
     }
 
-    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-        async {
-            tokio::time::timeout(Duration::from_secs(10), f)
-                .await
-                .unwrap()
-        }
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
