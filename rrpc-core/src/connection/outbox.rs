@@ -397,12 +397,7 @@ mod tests {
     use crate::wire::encode::Out;
     use crate::wire::{DecodeLimits, Op, WireValue};
 
-    const LIMITS: DecodeLimits = DecodeLimits {
-        max_depth: 16,
-        max_nodes: 1000,
-        max_bytes: 1 << 20,
-        max_list: 500,
-    };
+    const LIMITS: DecodeLimits = DecodeLimits::new(16, 1000);
 
     fn call(bytes: &[u8]) -> Message<'_> {
         Message::Request {
