@@ -10,11 +10,15 @@
 //!    [`FLAG_REFUSED`] and follows its hello with the reason (u16 length,
 //!    UTF-8), then closes.
 //! 2. **Authentication** ([`FLAG_AUTH`] on both sides). Each side sends a
-//!    fresh 32-byte random nonce, then a proof: HMAC-SHA256 of the shared
-//!    secret over a label, its role, its own nonce and the peer's. Each side
-//!    checks the peer's proof in constant time and sends one status byte.
-//!    The secret never crosses the wire; the nonces make every proof
-//!    single-use, and the role byte stops a proof from being reflected back.
+//!    fresh 32-byte random nonce. A proof is HMAC-SHA256 of the shared
+//!    secret over a label, the prover's role, its own nonce and the peer's.
+//!    The client sends its proof first; the server checks it in constant
+//!    time and answers one verdict byte, followed by its own proof only when
+//!    the client's passed (so a client without the secret learns nothing it
+//!    could guess the secret from). The client checks the server's proof and
+//!    answers a verdict byte of its own. The secret never crosses the wire;
+//!    the nonces make every proof single-use, and the role byte stops a
+//!    proof from being reflected back.
 //!    Flags that disagree (one side has a secret, the other not) fail the
 //!    handshake: a client with a secret never talks to a server without one.
 
@@ -34,7 +38,13 @@ const MAGIC: &[u8; 4] = b"rRPC";
 const HELLO_LEN: usize = 12;
 const NONCE_LEN: usize = 32;
 const PROOF_LEN: usize = 32;
-const AUTH_LABEL: &[u8] = b"rrpc-auth-v1";
+const AUTH_LABEL: &[u8] = b"rrpc-auth-v2";
+/// The verdict byte for a proof that passed.
+const ACCEPTED: u8 = 1;
+/// The verdict byte for a proof that failed.
+const REJECTED: u8 = 0;
+/// Secrets shorter than this are easy to guess; [`Secret::is_weak`] says so.
+pub const MIN_STRONG_SECRET: usize = 16;
 /// Longest refusal reason sent in a hello.
 const MAX_REASON: usize = 1024;
 
@@ -86,6 +96,12 @@ impl Secret {
             return Err(Error::AuthFailed("the shared secret is empty".into()));
         }
         Ok(Secret(bytes.into()))
+    }
+
+    /// Whether the secret is short enough to be guessed (under
+    /// [`MIN_STRONG_SECRET`] bytes); servers warn about such secrets.
+    pub fn is_weak(&self) -> bool {
+        self.0.len() < MIN_STRONG_SECRET
     }
 
     /// Reads a secret from a file, dropping one trailing newline.
@@ -268,6 +284,10 @@ where
     }
 }
 
+/// Runs the challenge–response as `role`. The client proves itself first;
+/// the server answers with its own proof only once the client's has passed,
+/// so a peer without the secret never obtains a proof over a nonce of its
+/// choosing to guess the secret from offline.
 async fn authenticate<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -287,31 +307,71 @@ where
     if peer_nonce == own_nonce {
         return Err(Error::AuthFailed("the peer echoed our challenge".into()));
     }
-    let proof = secret
+    let own_proof = secret
         .proof(role, &own_nonce, &peer_nonce)
         .finalize()
         .into_bytes();
-    writer.write_all(&proof).await?;
-    writer.flush().await?;
-    let mut peer_proof = [0u8; PROOF_LEN];
-    reader.read_exact(&mut peer_proof).await?;
     // `verify_slice` compares in constant time.
-    let ok = secret
-        .proof(role.peer(), &peer_nonce, &own_nonce)
-        .verify_slice(&peer_proof)
-        .is_ok();
-    writer.write_all(&[u8::from(ok)]).await?;
-    writer.flush().await?;
-    let mut peer_ok = [0u8; 1];
-    reader.read_exact(&mut peer_ok).await?;
-    match (ok, peer_ok[0] == 1) {
-        (true, true) => Ok(()),
-        (false, _) => Err(Error::AuthFailed(
-            "the peer's proof does not match our shared secret".into(),
-        )),
-        (true, false) => Err(Error::AuthFailed(
-            "the peer rejected our proof: the shared secrets differ".into(),
-        )),
+    let verify = |proof: &[u8; PROOF_LEN]| {
+        secret
+            .proof(role.peer(), &peer_nonce, &own_nonce)
+            .verify_slice(proof)
+            .is_ok()
+    };
+    match role {
+        Role::Client => {
+            writer.write_all(&own_proof).await?;
+            writer.flush().await?;
+            let mut verdict = [0u8; 1];
+            reader.read_exact(&mut verdict).await?;
+            if verdict[0] != ACCEPTED {
+                return Err(Error::AuthFailed(
+                    "the server rejected our proof: the shared secrets differ".into(),
+                ));
+            }
+            let mut peer_proof = [0u8; PROOF_LEN];
+            reader.read_exact(&mut peer_proof).await?;
+            let ok = verify(&peer_proof);
+            writer.write_all(&[verdict_byte(ok)]).await?;
+            writer.flush().await?;
+            if !ok {
+                return Err(Error::AuthFailed(
+                    "the server's proof does not match our shared secret".into(),
+                ));
+            }
+            Ok(())
+        }
+        Role::Server => {
+            let mut peer_proof = [0u8; PROOF_LEN];
+            reader.read_exact(&mut peer_proof).await?;
+            if !verify(&peer_proof) {
+                // Our own proof is never sent to a client that failed.
+                writer.write_all(&[REJECTED]).await?;
+                writer.flush().await?;
+                return Err(Error::AuthFailed(
+                    "the client's proof does not match our shared secret".into(),
+                ));
+            }
+            writer.write_all(&[ACCEPTED]).await?;
+            writer.write_all(&own_proof).await?;
+            writer.flush().await?;
+            let mut verdict = [0u8; 1];
+            reader.read_exact(&mut verdict).await?;
+            if verdict[0] != ACCEPTED {
+                return Err(Error::AuthFailed(
+                    "the client rejected our proof: the shared secrets differ".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn verdict_byte(ok: bool) -> u8 {
+    if ok {
+        ACCEPTED
+    } else {
+        REJECTED
     }
 }
 
@@ -434,6 +494,48 @@ mod tests {
         })
         .await
         .expect("test timed out");
+    }
+
+    /// An attacker without the secret greets, sends a nonce of its choosing
+    /// and waits: the server must not answer with a proof over that nonce
+    /// (an offline-guessing oracle), and a wrong proof gets only a refusal.
+    #[tokio::test]
+    async fn the_server_proves_nothing_to_a_client_that_has_not_proved_itself() {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let (attacker, server_end) = tokio::io::duplex(4096);
+            let (mut sr, mut sw) = tokio::io::split(server_end);
+            let server = tokio::spawn(async move {
+                let config = with_secret("a secret long enough to be strong");
+                handshake(&mut sr, &mut sw, &config, Role::Server).await
+            });
+            let (mut ar, mut aw) = tokio::io::split(attacker);
+            aw.write_all(&hello(&Config::default(), FLAG_AUTH))
+                .await
+                .unwrap();
+            aw.write_all(&[7u8; NONCE_LEN]).await.unwrap();
+            let mut greeting = [0u8; HELLO_LEN + NONCE_LEN];
+            ar.read_exact(&mut greeting).await.unwrap();
+            // Nothing more comes until the attacker sends a proof.
+            let mut more = [0u8; PROOF_LEN];
+            let early =
+                tokio::time::timeout(std::time::Duration::from_millis(300), ar.read(&mut more))
+                    .await;
+            assert!(early.is_err(), "the server sent {early:?} before any proof");
+            aw.write_all(&[0u8; PROOF_LEN]).await.unwrap();
+            let mut rest = Vec::new();
+            ar.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, [REJECTED], "only a refusal, never a proof");
+            let outcome = server.await.unwrap();
+            assert!(matches!(outcome, Err(Error::AuthFailed(_))), "{outcome:?}");
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[test]
+    fn short_secrets_are_weak() {
+        assert!(Secret::new("hunter2").unwrap().is_weak());
+        assert!(!Secret::new([b'x'; MIN_STRONG_SECRET]).unwrap().is_weak());
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod decode;
 pub(crate) mod encode;
 
 /// Version of the protocol spoken after the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// One message between peers.
 #[derive(Debug, Serialize, Deserialize)]
