@@ -11,10 +11,20 @@ use std::time::Duration;
 use common::{eventually, start, within, worker};
 use rand::{Rng, RngCore, SeedableRng};
 use rrpc_client::{Config, ConnectOptions, Error, ErrorKind, Value};
-use rrpc_core::handshake::Secret;
+use rrpc_core::handshake::{Secret, FLAG_AUTH};
+use rrpc_core::wire::PROTOCOL_VERSION;
 use rrpc_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// A raw hello of this protocol version with `flags`, accepting 1 MiB frames.
+fn greeting(flags: u16) -> Vec<u8> {
+    let mut hello = b"rRPC".to_vec();
+    hello.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    hello.extend_from_slice(&flags.to_be_bytes());
+    hello.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    hello
+}
 
 fn secret(s: &str) -> Secret {
     Secret::new(s).unwrap()
@@ -91,7 +101,7 @@ async fn the_secret_never_crosses_the_wire() {
         let addr = listener.local_addr().unwrap();
         let recorder = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let hello = [b"rRPC".as_slice(), &[0, 1, 0, 1, 0, 16, 0, 0]].concat();
+            let hello = greeting(FLAG_AUTH);
             s.write_all(&hello).await.unwrap();
             s.write_all(&[7u8; 32]).await.unwrap(); // our nonce
             s.write_all(&[9u8; 32]).await.unwrap(); // a bogus proof
@@ -340,9 +350,7 @@ async fn an_idle_connection_is_closed_with_the_reason() {
 }
 
 async fn raw_greeting(s: &mut TcpStream) {
-    s.write_all(&[b"rRPC".as_slice(), &[0, 1, 0, 0, 0, 16, 0, 0]].concat())
-        .await
-        .unwrap();
+    s.write_all(&greeting(0)).await.unwrap();
     let mut theirs = [0u8; 12];
     s.read_exact(&mut theirs).await.unwrap();
 }

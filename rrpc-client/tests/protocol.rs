@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{start, within};
 use rrpc_client::{Config, ConnectOptions, Error};
-use rrpc_core::wire::{self, DecodeLimits, Message};
+use rrpc_core::wire::{self, DecodeLimits, Message, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,7 +25,7 @@ fn hello(version: u16) -> Vec<u8> {
 /// Connects raw, greets, and returns the stream after the server's greeting.
 async fn raw_session(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&hello(1)).await.unwrap();
+    s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
     let mut theirs = [0u8; 12];
     s.read_exact(&mut theirs).await.unwrap();
     assert_eq!(&theirs[..4], b"rRPC");

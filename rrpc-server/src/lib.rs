@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod demo;
 pub mod security;
 mod server;

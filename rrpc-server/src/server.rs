@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{AdmissionLimits, Gate};
 use crate::tls::TlsServer;
 
 /// An rrpc server: what it exports (its root object) and how it serves.
@@ -22,8 +23,7 @@ pub struct Server {
     root: Arc<dyn Remote>,
     config: Config,
     grace: Duration,
-    max_connections: usize,
-    max_connections_per_peer: usize,
+    admission: AdmissionLimits,
     tls: Option<TlsServer>,
 }
 
@@ -49,8 +49,7 @@ impl Server {
             root,
             config: Config::default(),
             grace: Duration::from_secs(10),
-            max_connections: 1024,
-            max_connections_per_peer: 64,
+            admission: AdmissionLimits::default(),
             tls: None,
         }
     }
@@ -65,8 +64,15 @@ impl Server {
     /// many of them may come from one address (default 64); more are
     /// refused in the handshake, with the reason.
     pub fn with_connection_limits(mut self, total: usize, per_peer: usize) -> Server {
-        self.max_connections = total;
-        self.max_connections_per_peer = per_peer;
+        self.admission.total = total;
+        self.admission.per_peer = per_peer;
+        self
+    }
+
+    /// Sets every admission limit at once: connections, pending handshakes
+    /// and the lockout after failed authentications (see [`AdmissionLimits`]).
+    pub fn with_admission(mut self, limits: AdmissionLimits) -> Server {
+        self.admission = limits;
         self
     }
 
@@ -91,6 +97,7 @@ impl Server {
     pub async fn bind(self, addr: impl ToSocketAddrs) -> std::io::Result<Listening> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
+        let gate = Arc::new(Gate::new(self.admission));
         Ok(Listening {
             listener,
             server: self,
@@ -98,7 +105,7 @@ impl Server {
                 local_addr,
                 shutdown: CancellationToken::new(),
                 connections: Arc::new(DashMap::new()),
-                admitted: Arc::new(Admitted::default()),
+                gate,
             },
         })
     }
@@ -121,61 +128,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     connections: Arc<DashMap<u64, Connection>>,
-    admitted: Arc<Admitted>,
-}
-
-/// Connections admitted (handshaking or serving), in total and per address.
-#[derive(Debug, Default)]
-struct Admitted {
-    per_peer: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
-}
-
-/// One admitted connection; dropping it gives the slot back.
-struct Slot {
-    admitted: Arc<Admitted>,
-    peer: IpAddr,
-}
-
-impl Admitted {
-    fn admit(
-        self: &Arc<Self>,
-        peer: IpAddr,
-        total: usize,
-        per_peer: usize,
-    ) -> Result<Slot, String> {
-        let mut map = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        let all: usize = map.values().sum();
-        if all >= total {
-            return Err(format!("the server is at its limit of {total} connections"));
-        }
-        let mine = map.entry(peer).or_insert(0);
-        if *mine >= per_peer {
-            return Err(format!(
-                "too many connections from {peer} (limit {per_peer})"
-            ));
-        }
-        *mine += 1;
-        Ok(Slot {
-            admitted: self.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self
-            .admitted
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
+    gate: Arc<Gate>,
 }
 
 impl ServerHandle {
@@ -248,6 +201,7 @@ impl Listening {
             handle,
         } = self;
         let tasks = TaskTracker::new();
+        let mut reserve = Reserve::new();
         tracing::info!(addr = %handle.local_addr, "serving");
         loop {
             let accepted = tokio::select! {
@@ -261,8 +215,14 @@ impl Listening {
                     let span = tracing::info_span!("client", %peer);
                     tasks.spawn(serve_connection(server, handle, stream).instrument(span));
                 }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Spend the reserve on the waiting client to tell it why,
+                    // rather than leave it hanging in the backlog.
+                    tracing::warn!("accept failed: {e}");
+                    reserve.refuse_one(&listener, &server.config).await;
+                }
                 Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
+                    // A client that left before it was accepted, and the like.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -289,40 +249,84 @@ impl Listening {
     }
 }
 
+/// Whether an accept failed for want of file descriptors.
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
+}
+
+/// A file descriptor held in reserve: when the process runs out, it is
+/// closed to accept one waiting client and refuse it with the reason, then
+/// taken again.
+struct Reserve(Option<std::fs::File>);
+
+/// What a client turned away for want of descriptors is told.
+const OUT_OF_DESCRIPTORS: &str =
+    "the server is out of file descriptors; try again later (its operator may raise `ulimit -n`)";
+
+impl Reserve {
+    fn new() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    async fn refuse_one(&mut self, listener: &TcpListener, config: &Config) {
+        if self.0.take().is_none() {
+            // No reserve to spend (it could not be taken again): back off.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else if let Ok(Ok((mut stream, peer))) =
+            tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+        {
+            tracing::warn!(%peer, "connection refused: out of file descriptors");
+            let mut config = config.clone();
+            config.handshake_timeout = config.handshake_timeout.min(Duration::from_secs(1));
+            let _ = handshake::refuse(&mut stream, &config, OUT_OF_DESCRIPTORS).await;
+        }
+        *self = Reserve::new();
+    }
+}
+
 async fn serve_connection(server: Server, handle: ServerHandle, mut stream: tokio::net::TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let admitted = handle.admitted.admit(
-        peer,
-        server.max_connections,
-        server.max_connections_per_peer,
-    );
-    let _slot = match admitted {
-        Ok(slot) => slot,
-        Err(reason) => {
-            tracing::warn!("connection refused: {reason}");
-            let _ = handshake::refuse(&mut stream, &server.config, &reason).await;
+    let admission = match handle.gate.admit(peer) {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            tracing::warn!("connection refused: {refusal}");
+            let _ = handshake::refuse(&mut stream, &server.config, &refusal.to_string()).await;
             return;
         }
     };
-    let established = match &server.tls {
-        None => {
-            Connection::over_tcp(
-                stream,
-                server.config.clone(),
-                server.root.clone(),
-                Role::Server,
-            )
-            .await
+    let establish = async {
+        match &server.tls {
+            None => {
+                Connection::over_tcp(
+                    stream,
+                    server.config.clone(),
+                    server.root.clone(),
+                    Role::Server,
+                )
+                .await
+            }
+            Some(tls) => accept_tls(&server, tls, stream, peer).await,
         }
-        Some(tls) => accept_tls(&server, tls, stream, peer).await,
+    };
+    let established = tokio::select! {
+        established = establish => established,
+        _ = admission.evicted() => {
+            tracing::debug!("pending handshake evicted by newer ones");
+            return;
+        }
     };
     let conn = match established {
         Ok(conn) => conn,
         Err(Error::AuthFailed(why)) => {
             tracing::warn!("authentication failed for {peer}: {why}");
+            handle.gate.auth_failed(peer);
             return;
         }
         Err(e) => {
@@ -330,6 +334,7 @@ async fn serve_connection(server: Server, handle: ServerHandle, mut stream: toki
             return;
         }
     };
+    admission.authenticated();
     tracing::debug!("connected");
     handle.connections.insert(conn.id(), conn.clone());
     tokio::select! {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rrpc_core::Config;
+use rrpc_server::admission::AdmissionLimits;
 use rrpc_server::security::ServerSecurityArgs;
 use rrpc_server::services::{stock_root, Service, ToolboxOptions};
 use rrpc_server::tls::ClusterCerts;
@@ -38,6 +39,20 @@ struct Cli {
     /// Most connections from one address.
     #[arg(long, default_value_t = 64)]
     max_connections_per_peer: usize,
+    /// Most handshakes open at once; past it a new one evicts the oldest
+    /// handshake of the address with the most of them.
+    #[arg(long, default_value_t = AdmissionLimits::default().pending)]
+    max_pending: usize,
+    /// Most handshakes open at once from one address; past it a new one
+    /// evicts that address's oldest.
+    #[arg(long, default_value_t = AdmissionLimits::default().pending_per_peer)]
+    max_pending_per_peer: usize,
+    /// Failed authentications from one address that lock it out.
+    #[arg(long, default_value_t = AdmissionLimits::default().auth_failures)]
+    auth_failures: u32,
+    /// Seconds failed authentications are counted over, and a lockout lasts.
+    #[arg(long, default_value_t = AdmissionLimits::default().lockout.as_secs_f64())]
+    auth_lockout: f64,
     /// Close a connection after this many seconds without calls (0: never).
     #[arg(long, default_value_t = 0.0)]
     idle_timeout: f64,
@@ -172,7 +187,28 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admission = match seconds("auth-lockout", cli.auth_lockout) {
+        Ok(lockout) => AdmissionLimits {
+            total: cli.max_connections,
+            per_peer: cli.max_connections_per_peer,
+            pending: cli.max_pending,
+            pending_per_peer: cli.max_pending_per_peer,
+            auth_failures: cli.auth_failures.max(1),
+            lockout,
+        },
+        Err(e) => {
+            eprintln!("rrpc-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!("{}", security.describe());
+    if security.secret.as_ref().is_some_and(|s| s.is_weak()) {
+        tracing::warn!(
+            "the shared secret is shorter than {} bytes and could be guessed; \
+             use a long random one (head -c 32 /dev/urandom | base64)",
+            rrpc_core::handshake::MIN_STRONG_SECRET
+        );
+    }
     if let Some(warning) = security.open_warning(cli.host, "use every exported object") {
         tracing::warn!("{warning}");
     }
@@ -194,7 +230,7 @@ async fn run(cli: Cli) -> ExitCode {
     let server = security.apply(
         Server::new(root)
             .with_config(config)
-            .with_connection_limits(cli.max_connections, cli.max_connections_per_peer)
+            .with_admission(admission)
             .with_shutdown_grace(grace),
     );
     let listening = match server.bind((cli.host, cli.port)).await {
