@@ -45,7 +45,10 @@ impl Sys {
             env: Arc::new(RemoteMap::of_strings(
                 "env",
                 std::env::vars_os()
-                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                    // The server's own secret is never handed out, nor
+                    // passed on to the processes `proc` starts.
+                    .filter(|(k, _)| k != rrpc_core::handshake::SECRET_ENV),
             )),
             path: Arc::new(RemoteList::new("path", Vec::new())),
         }
