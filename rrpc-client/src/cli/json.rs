@@ -100,6 +100,7 @@ pub fn to_json(value: &Value) -> Json {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
