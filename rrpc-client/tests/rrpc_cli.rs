@@ -455,3 +455,52 @@ async fn run_connects_with_the_secret_and_tls_too() {
     })
     .await
 }
+
+/// `rrpc run` without `--timeout` lets a command run past the connection's
+/// default call deadline (`--call-timeout`, 1 s here instead of 30 s), and
+/// `--timeout` longer than it is honoured too.
+#[tokio::test]
+async fn run_outlives_the_default_call_deadline() {
+    within(60, async {
+        let server = stock_server().await;
+        let host = server.local_addr().to_string();
+        for timeout in [None, Some("10")] {
+            let dir = tempfile::tempdir().unwrap();
+            let out_dir = dir.path().join("out");
+            let mut args = vec![
+                "--call-timeout",
+                "1",
+                "run",
+                "--hosts",
+                &host,
+                "--out-dir",
+                out_dir.to_str().unwrap(),
+            ];
+            if let Some(t) = timeout {
+                args.extend(["--timeout", t]);
+            }
+            args.extend(["--", "sleep 2.5; echo slept"]);
+            let out = rrpc(&args).await;
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{timeout:?}: {stdout}\n{stderr}");
+            let file = std::fs::read_to_string(out_dir.join("output1.txt")).unwrap();
+            assert_eq!(file, "slept\n");
+        }
+    })
+    .await;
+}
+
+/// Malformed JSON is refused with what is wrong, not sent as a string.
+#[tokio::test]
+async fn call_refuses_malformed_json() {
+    within(30, async {
+        let server = stock_server().await;
+        let addr = server.local_addr().to_string();
+        let out = rrpc(&["call", &addr, "fs.listdir", "[\"/tmp\""]).await;
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(stderr.contains("is not valid JSON"), "{stderr}");
+        assert!(!stderr.contains("alloc::"), "{stderr}");
+    })
+    .await;
+}

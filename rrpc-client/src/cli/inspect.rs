@@ -84,7 +84,10 @@ pub(super) async fn call(
             .into())
         }
     };
-    let args: Vec<Value> = args.iter().map(|a| parse_arg(a)).collect();
+    let args: Vec<Value> = args
+        .iter()
+        .map(|a| parse_arg(a))
+        .collect::<Result<_, _>>()?;
     let result = owner
         .call(method, args)
         .timeout(timeout)

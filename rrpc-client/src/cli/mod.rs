@@ -28,6 +28,10 @@ pub struct Cli {
     /// Seconds to wait for a server to accept a connection.
     #[arg(long, global = true, default_value_t = 5.0)]
     pub connect_timeout: f64,
+    /// Seconds a call may take unless its command sets its own limit
+    /// (`call --timeout`, `run --timeout`).
+    #[arg(long, global = true, default_value_t = 30.0)]
+    pub call_timeout: f64,
     #[command(flatten)]
     pub security: crate::security::ClientSecurityArgs,
     #[command(subcommand)]
@@ -50,7 +54,9 @@ pub enum Command {
         addr: String,
         /// Dotted path: attributes walked from the root, then the method called.
         path: String,
-        /// Arguments, each JSON (or a plain string when it is not JSON).
+        /// Arguments. One that starts with `[`, `{`, `"`, a digit or `-`
+        /// and a digit, or is `true`/`false`/`null`, is JSON and must be
+        /// valid JSON; anything else is a plain string (`/tmp`, `-rf`).
         args: Vec<String>,
         /// Seconds the call may take.
         #[arg(long, default_value_t = 30.0)]
@@ -118,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let connect_timeout = seconds(cli.connect_timeout, "--connect-timeout")?;
     // Set once per process, before any connection is made.
     let _ = SECURITY.set(cli.security.load()?);
+    let _ = CALL_TIMEOUT.set(seconds(cli.call_timeout, "--call-timeout")?);
     match cli.command {
         Command::Ls { addr, path } => {
             inspect::ls(&addr, path.as_deref(), connect_timeout).await?;
@@ -181,14 +188,21 @@ pub fn with_port(addr: &str) -> String {
 /// line (set once per process, before any connection is made).
 static SECURITY: std::sync::OnceLock<crate::security::ClientSecurity> = std::sync::OnceLock::new();
 
+/// The default deadline of a call (`--call-timeout`; set once per process).
+static CALL_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 /// The connect options of every connection of this process: the secret and
 /// TLS settings from the command line, `timeout` for the TCP connection and
-/// for each handshake (rrpc's and TLS's).
+/// for each handshake (rrpc's and TLS's), `--call-timeout` for calls.
 fn connect_options(timeout: Duration) -> crate::ConnectOptions {
-    match SECURITY.get() {
+    let mut options = match SECURITY.get() {
         Some(security) => security.connect_options(timeout),
         None => crate::security::ClientSecurity::none().connect_options(timeout),
+    };
+    if let Some(call_timeout) = CALL_TIMEOUT.get() {
+        options.config = options.config.with_call_timeout(*call_timeout);
     }
+    options
 }
 
 /// Connects (TCP, TLS if configured, handshake) within `timeout`.

@@ -26,6 +26,10 @@ const MAX_OUTPUT: i64 = 6 * 1024 * 1024;
 /// command's own timeout, this only bounds a hung server.
 const NO_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long past its `--timeout` a command's call may take: the server kills
+/// the command at its timeout, then reports.
+const KILL_SLACK: Duration = Duration::from_secs(30);
+
 /// Flags of `rrpc run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -247,6 +251,9 @@ async fn run_tasks(
 /// node it lands on. It may run again on another node if its node is lost.
 fn command_job(command: &str, timeout: Option<Duration>) -> JobSpec {
     // `exec 2>&1` first: one file holds both streams, interleaved as written.
+    // The call's deadline follows `--timeout` (plus slack for the server to
+    // kill the command and answer), not the connection's default deadline.
+    let deadline = timeout.map_or(NO_LIMIT, |t| t + KILL_SLACK);
     let script: Arc<str> = Arc::from(format!("exec 2>&1\n{command}"));
     JobSpec::with(move |root: Proxy| {
         let script = script.clone();
@@ -264,10 +271,11 @@ fn command_job(command: &str, timeout: Option<Duration>) -> JobSpec {
                     options,
                 ),
             )
+            .timeout(deadline)
             .await
         }
     })
-    .timeout(timeout.map_or(NO_LIMIT, |t| t + Duration::from_secs(30)))
+    .timeout(deadline)
 }
 
 /// The outcome of a finished job; writes the command's output file when it ran.
