@@ -5,7 +5,16 @@
 //! nesting and call depth are capped, and it has no module system (so no
 //! file access). A top-level `name = value` creates `name` in the
 //! connection's scope when it does not exist yet, as in Python.
+//!
+//! No script can overflow a stack: a script runs on a thread of its own with
+//! a stack sized for the deepest value the size limits allow (every level of
+//! nesting counts towards [`MAX_COLLECTION`], which Rhai checks as the script
+//! runs), and no value nested deeper than [`MAX_DEPTH`] leaves the script,
+//! either as a result or in the connection's scope. A script also stops as
+//! soon as its call is cancelled (the caller's cancel, its deadline, or the
+//! connection's end).
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -20,6 +29,21 @@ pub const MAX_STRING: usize = 1 << 20;
 pub const MAX_COLLECTION: usize = 100_000;
 /// Most variables a connection's scope may hold.
 pub const MAX_VARIABLES: usize = 10_000;
+/// Deepest nesting of lists and maps a script may return or keep in the
+/// connection's scope (the depth rrpc's decoder accepts by default).
+pub const MAX_DEPTH: usize = 128;
+/// Stack of the thread a script runs on. Rhai clones, measures and drops
+/// values recursively, and while a script runs the size limits bound the
+/// nesting only by [`MAX_COLLECTION`] arrays plus as many maps: a few hundred
+/// bytes a level at most, with a good margin. Only the pages used are
+/// committed.
+const SCRIPT_STACK: usize = 512 << 20;
+
+thread_local! {
+    /// Whether the call the script on this thread serves was cancelled: read
+    /// by the engine's progress callback.
+    static CURRENT_CALL: RefCell<Option<CallContext>> = const { RefCell::new(None) };
+}
 
 /// The script service.
 pub struct Script {
@@ -65,6 +89,11 @@ impl Script {
             .set_max_expr_depths(64, 32)
             .set_max_call_levels(32)
             .set_max_variables(MAX_VARIABLES);
+        engine.on_progress(|_| {
+            let cancelled =
+                CURRENT_CALL.with(|cx| cx.borrow().as_ref().is_some_and(CallContext::is_cancelled));
+            cancelled.then(|| Dynamic::from("the call was cancelled"))
+        });
         engine.on_print(|text| tracing::info!(target: "rrpc::script", "print: {text}"));
         engine.on_debug(
             |text, _, pos| tracing::debug!(target: "rrpc::script", "debug {pos}: {text}"),
@@ -88,9 +117,13 @@ impl Script {
                     .engine
                     .compile_with_scope(scope, &code)
                     .map_err(|e| script_error("execute", e))?;
-                self.engine
+                let ran = self
+                    .engine
                     .run_ast_with_scope(scope, &functions.merge(&ast))
-                    .map_err(|e| script_error("execute", e))?;
+                    .map_err(|e| script_error("execute", e));
+                // Even a failed script may have left deep values behind.
+                drop_too_deep(scope)?;
+                ran?;
                 *functions = functions.merge(&ast.clone_functions_only());
                 Ok(Value::Unit)
             }
@@ -101,11 +134,12 @@ impl Script {
                     .engine
                     .compile_with_scope(scope, &expr)
                     .map_err(|e| script_error("eval", e))?;
-                let result: Dynamic = self
+                let result = self
                     .engine
-                    .eval_ast_with_scope(scope, &functions.merge(&ast))
-                    .map_err(|e| script_error("eval", e))?;
-                to_value(result)
+                    .eval_ast_with_scope::<Dynamic>(scope, &functions.merge(&ast))
+                    .map_err(|e| script_error("eval", e));
+                drop_too_deep(scope)?;
+                to_value(result?, 0)
             }
             "get" => {
                 args.expect_count(1, 1)?;
@@ -116,7 +150,7 @@ impl Script {
                         format!("no variable `{name}` in the scope"),
                     )
                 })?;
-                to_value(value)
+                to_value(value, 0)
             }
             "set" => {
                 args.expect_count(2, 2)?;
@@ -185,8 +219,60 @@ fn declare_assigned(scope: &mut Scope<'static>, code: &str) -> Result<(), Remote
     Ok(())
 }
 
-/// A script value as an rrpc value.
-fn to_value(value: Dynamic) -> Result<Value, RemoteError> {
+fn too_deep() -> RemoteError {
+    script_error(
+        "value",
+        format!("lists and maps nest deeper than {MAX_DEPTH} levels (script::MAX_DEPTH)"),
+    )
+}
+
+/// Whether `value` nests lists and maps deeper than `room` more levels.
+/// Recurses at most `room` levels.
+fn deeper_than(value: &Dynamic, room: usize) -> bool {
+    if let Some(items) = value.read_lock::<rhai::Array>() {
+        return items.iter().any(|item| {
+            (item.is_array() || item.is_map()) && (room == 0 || deeper_than(item, room - 1))
+        });
+    }
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        return map.values().any(|item| {
+            (item.is_array() || item.is_map()) && (room == 0 || deeper_than(item, room - 1))
+        });
+    }
+    false
+}
+
+/// Removes from the scope (on this thread, with its large stack) every
+/// variable nested deeper than [`MAX_DEPTH`]: such a value could neither be
+/// returned nor dropped safely elsewhere.
+fn drop_too_deep(scope: &mut Scope<'static>) -> Result<(), RemoteError> {
+    let deep: Vec<String> = scope
+        .iter_raw()
+        .filter(|(_, _, value)| deeper_than(value, MAX_DEPTH))
+        .map(|(name, _, _)| name.to_owned())
+        .collect();
+    if deep.is_empty() {
+        return Ok(());
+    }
+    for name in &deep {
+        // Replaced, not removed: the scope keeps its shape for the functions.
+        scope.set_value(name.as_str(), Dynamic::UNIT);
+    }
+    Err(script_error(
+        "execute",
+        format!(
+            "variable(s) {} nested lists or maps deeper than {MAX_DEPTH} levels \
+             (script::MAX_DEPTH) and were reset to ()",
+            deep.join(", ")
+        ),
+    ))
+}
+
+/// A script value as an rrpc value, `depth` levels down.
+fn to_value(value: Dynamic, depth: usize) -> Result<Value, RemoteError> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     if value.is_unit() {
         return Ok(Value::Unit);
     }
@@ -212,7 +298,7 @@ fn to_value(value: Dynamic) -> Result<Value, RemoteError> {
         let items = value.cast::<rhai::Array>();
         return items
             .into_iter()
-            .map(to_value)
+            .map(|item| to_value(item, depth + 1))
             .collect::<Result<_, _>>()
             .map(Value::List);
     }
@@ -220,7 +306,7 @@ fn to_value(value: Dynamic) -> Result<Value, RemoteError> {
         let map = value.cast::<rhai::Map>();
         return map
             .into_iter()
-            .map(|(k, v)| Ok((Value::Str(k.to_string()), to_value(v)?)))
+            .map(|(k, v)| Ok((Value::Str(k.to_string()), to_value(v, depth + 1)?)))
             .collect::<Result<_, RemoteError>>()
             .map(Value::Map);
     }
@@ -272,8 +358,26 @@ impl Remote for Script {
         let method = method.to_owned();
         // Scripts are CPU work: the blocking pool keeps the connection responsive.
         Reply::blocking(move || {
-            self.run(&cx, &method, args)
-                .map_err(|e| e.context(format!("script.{method}")))
+            let context = format!("script.{method}");
+            // A thread of its own, for its stack (see SCRIPT_STACK); the
+            // blocking thread waits for it, so the pool's bounds still hold.
+            let worker = std::thread::Builder::new()
+                .name("rrpc-script".into())
+                .stack_size(SCRIPT_STACK)
+                .spawn(move || {
+                    CURRENT_CALL.with(|current| *current.borrow_mut() = Some(cx.clone()));
+                    let result = self.run(&cx, &method, args);
+                    CURRENT_CALL.with(|current| current.borrow_mut().take());
+                    result
+                })
+                .map_err(|e| script_error("cannot start the script thread", e))?;
+            let result = worker.join().unwrap_or_else(|_| {
+                Err(RemoteError::new(
+                    ErrorKind::Internal,
+                    "the script thread panicked",
+                ))
+            });
+            result.map_err(|e| e.context(context))
         })
     }
 
