@@ -88,3 +88,34 @@ fn script_threads() -> usize {
         .filter(|name| name.trim() == "rrpc-script")
         .count()
 }
+
+/// The attack, at a depth a debug build runs in seconds: Rhai clones
+/// and drops nested values recursively, which used to overflow the 2 MiB
+/// stack of a blocking thread and abort the whole server (and this test).
+#[tokio::test]
+async fn deeply_nested_values_are_refused_and_the_server_keeps_serving() {
+    within(120, async {
+        let stock = Stock::start(ToolboxOptions::default()).await;
+        let script = stock.service("script").await;
+        for code in [
+            "a = []; for i in 0..6000 { a = [a]; }",
+            "m = #{}; for i in 0..6000 { m = #{ inner: m }; }",
+        ] {
+            let err = script
+                .call("execute", (code,))
+                .timeout(Duration::from_secs(100))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("MAX_DEPTH"), "{err}");
+        }
+        let err = script
+            .call("eval", ("let a = []; for i in 0..6000 { a = [a]; } a",))
+            .timeout(Duration::from_secs(100))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("MAX_DEPTH"), "{err}");
+        let probe = script.call("eval", ("1 + 1",)).await.unwrap();
+        assert_eq!(probe.as_i64(), Some(2));
+    })
+    .await
+}
