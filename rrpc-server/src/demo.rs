@@ -114,6 +114,14 @@ impl RemoteFile {
         })
     }
 
+    /// Wraps a file the caller opened (the file service, beneath its root).
+    pub fn from_file(path: String, file: File) -> RemoteFile {
+        RemoteFile {
+            path,
+            file: Mutex::new(Some(BufReader::new(file))),
+        }
+    }
+
     fn with_file<T>(
         &self,
         f: impl FnOnce(&mut BufReader<File>) -> std::io::Result<T>,

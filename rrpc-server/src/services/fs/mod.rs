@@ -3,11 +3,11 @@
 //! read, write), file objects by reference, a per-connection working
 //! directory, and streamed, checksummed transfers of files of any size.
 
+mod beneath;
 mod policy;
 mod transfer;
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Read as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,11 +17,15 @@ use bytes::Bytes;
 use rrpc_core::{Args, CallContext, ErrorKind, Member, Remote, RemoteError, Reply, Value};
 
 use crate::demo::RemoteFile;
+pub use beneath::{OpenSpec, Stat, Target};
 pub use policy::{Access, ConnCwd, FsPolicy};
 pub use transfer::{Download, Upload, MAX_CHUNK};
 
 /// The largest file `fs.read` returns whole; use `download` beyond.
 pub const MAX_WHOLE_READ: u64 = 8 * 1024 * 1024;
+
+/// What `cap-std` says when resolving a path would leave the root.
+const CAP_STD_ESCAPE: &str = "a path led outside of the filesystem";
 
 /// The file service.
 #[derive(Debug)]
@@ -32,6 +36,16 @@ pub struct Fs {
 /// An I/O error on `path` during `op`, with the OS's reason.
 pub(crate) fn io_error(op: &str, path: &Path, err: std::io::Error) -> RemoteError {
     let kind = RemoteError::from(std::io::Error::from(err.kind())).kind;
+    if err.kind() == std::io::ErrorKind::PermissionDenied && err.to_string() == CAP_STD_ESCAPE {
+        return RemoteError::new(
+            kind,
+            format!(
+                "{op} {}: the path leads outside the server's file root \
+                 (a `..` or symlink beneath it points out)",
+                path.display()
+            ),
+        );
+    }
     RemoteError::new(kind, format!("{op} {}: {err}", path.display()))
 }
 
@@ -52,7 +66,7 @@ impl Fs {
         index: usize,
         op: &str,
         access: Access,
-    ) -> Result<std::path::PathBuf, RemoteError> {
+    ) -> Result<Target, RemoteError> {
         let path: String = args.take(index, "path")?;
         self.policy.resolve(cx, op, &path, access)
     }
@@ -63,13 +77,17 @@ impl Fs {
         let mode: String = args.take_opt(1, "mode")?.unwrap_or_else(|| "r".to_owned());
         let writes = mode.contains(['w', 'a', '+', 'x']);
         let access = if writes { Access::Write } else { Access::Read };
-        let path = self.path(cx, &mut args, 0, "open", access)?;
-        let text = path.to_str().ok_or_else(|| {
-            RemoteError::bad_argument(format!("open: {} is not UTF-8", path.display()))
+        let spec = OpenSpec::from_mode(&mode).ok_or_else(|| {
+            RemoteError::bad_argument(format!("open: unknown file mode {mode:?}"))
         })?;
-        RemoteFile::open(text, &mode)
-            .map(Value::object)
-            .map_err(|e| RemoteError::new(e.kind, format!("open {text}: {}", e.message)))
+        let path = self.path(cx, &mut args, 0, "open", access)?;
+        let file = path
+            .open(spec)
+            .map_err(|e| io_error("open", path.shown(), e))?;
+        Ok(Value::object(RemoteFile::from_file(
+            path.shown().to_string_lossy().into_owned(),
+            file,
+        )))
     }
 
     /// `open` for callers that hold the service elsewhere (the root's `open`).
@@ -96,44 +114,41 @@ impl Fs {
                 a.expect_count(0, 1)?;
                 let path: String = a.take_opt(0, "path")?.unwrap_or_else(|| ".".to_owned());
                 let dir = self.policy.resolve(cx, "listdir", &path, Access::Read)?;
-                let entries = fs::read_dir(&dir).map_err(|e| io_error("listdir", &dir, e))?;
-                let mut names = Vec::new();
-                for entry in entries {
-                    let entry = entry.map_err(|e| io_error("listdir", &dir, e))?;
-                    names.push(entry.file_name().to_string_lossy().into_owned());
-                }
-                names.sort();
+                let names = dir
+                    .list()
+                    .map_err(|e| io_error("listdir", dir.shown(), e))?;
                 Ok(Value::from(names))
             }
             "stat" | "lstat" => {
                 a.expect_count(1, 1)?;
-                let access = if method == "lstat" {
-                    Access::ReadLink
-                } else {
+                let follow = method == "stat";
+                let access = if follow {
                     Access::Read
+                } else {
+                    Access::ReadLink
                 };
                 let path = self.path(cx, a, 0, method, access)?;
-                let meta = if method == "lstat" {
-                    fs::symlink_metadata(&path)
-                } else {
-                    fs::metadata(&path)
-                }
-                .map_err(|e| io_error(method, &path, e))?;
+                let meta = path
+                    .metadata(follow)
+                    .map_err(|e| io_error(method, path.shown(), e))?;
                 Ok(stat_value(&meta))
             }
             "exists" | "isdir" | "isfile" | "islink" => {
                 a.expect_count(1, 1)?;
-                let access = if method == "islink" {
-                    Access::ReadLink
-                } else {
+                let follow = method != "islink";
+                let access = if follow {
                     Access::Read
+                } else {
+                    Access::ReadLink
                 };
                 let path = self.path(cx, a, 0, method, access)?;
-                Ok(Value::Bool(match method {
-                    "exists" => path.exists(),
-                    "isdir" => path.is_dir(),
-                    "isfile" => path.is_file(),
-                    _ => path.is_symlink(),
+                let meta = path.metadata(follow).ok();
+                Ok(Value::Bool(match (method, meta) {
+                    (_, None) => false,
+                    ("exists", Some(_)) => true,
+                    ("isdir", Some(m)) => m.is_dir(),
+                    ("isfile", Some(m)) => m.is_file(),
+                    (_, Some(m)) => m.kind == "symlink",
                 }))
             }
             "mkdir" => {
@@ -141,14 +156,8 @@ impl Fs {
                 let path = self.path(cx, a, 0, "mkdir", Access::Write)?;
                 let parents: bool = a.take_opt(1, "parents")?.unwrap_or(false);
                 let mode: Option<u32> = a.take_opt(2, "mode")?;
-                let mut builder = fs::DirBuilder::new();
-                builder.recursive(parents);
-                if let Some(mode) = mode {
-                    std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
-                }
-                builder
-                    .create(&path)
-                    .map_err(|e| io_error("mkdir", &path, e))?;
+                path.create_dir(parents, mode)
+                    .map_err(|e| io_error("mkdir", path.shown(), e))?;
                 Ok(Value::Unit)
             }
             "rmdir" => {
@@ -156,18 +165,15 @@ impl Fs {
                 let path = self.path(cx, a, 0, "rmdir", Access::Write)?;
                 let recursive: bool = a.take_opt(1, "recursive")?.unwrap_or(false);
                 self.refuse_root(&path, "rmdir")?;
-                if recursive {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_dir(&path)
-                }
-                .map_err(|e| io_error("rmdir", &path, e))?;
+                path.remove_dir(recursive)
+                    .map_err(|e| io_error("rmdir", path.shown(), e))?;
                 Ok(Value::Unit)
             }
             "remove" | "unlink" => {
                 a.expect_count(1, 1)?;
                 let path = self.path(cx, a, 0, method, Access::Write)?;
-                fs::remove_file(&path).map_err(|e| io_error(method, &path, e))?;
+                path.remove_file()
+                    .map_err(|e| io_error(method, path.shown(), e))?;
                 Ok(Value::Unit)
             }
             "rename" => {
@@ -176,7 +182,9 @@ impl Fs {
                 let dst: String = a.take(1, "dst")?;
                 let to = self.policy.resolve(cx, "rename", &dst, Access::Write)?;
                 self.refuse_root(&from, "rename")?;
-                fs::rename(&from, &to).map_err(|e| io_error("rename", &from, e))?;
+                self.refuse_root(&to, "rename")?;
+                from.rename(&to)
+                    .map_err(|e| io_error("rename", from.shown(), e))?;
                 Ok(Value::Unit)
             }
             "chmod" => {
@@ -188,41 +196,40 @@ impl Fs {
                         "chmod: mode {mode:#o} is not a permission mode"
                     )));
                 }
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(|e| io_error("chmod", &path, e))?;
+                path.chmod(mode)
+                    .map_err(|e| io_error("chmod", path.shown(), e))?;
                 Ok(Value::Unit)
             }
             "symlink" => {
                 a.expect_count(2, 2)?;
                 let target: String = a.take(0, "target")?;
                 let link_arg: String = a.take(1, "link")?;
+                if target.is_empty() || target.contains('\0') {
+                    return Err(RemoteError::bad_argument(
+                        "symlink: the target is empty or contains a NUL byte",
+                    ));
+                }
                 let link = self
                     .policy
                     .resolve(cx, "symlink", &link_arg, Access::Write)?;
-                if self.policy.root().is_some() {
-                    // The target must stay inside the root too.
-                    let base = link.parent().map(Path::to_path_buf).unwrap_or_default();
-                    let seen_from = base.join(&target);
-                    let shown = seen_from.to_string_lossy().into_owned();
-                    self.policy.resolve(cx, "symlink", &shown, Access::Write)?;
-                }
-                std::os::unix::fs::symlink(&target, &link)
-                    .map_err(|e| io_error("symlink", &link, e))?;
+                link.symlink(&target)
+                    .map_err(|e| io_error("symlink", link.shown(), e))?;
                 Ok(Value::Unit)
             }
             "readlink" => {
                 a.expect_count(1, 1)?;
                 let path = self.path(cx, a, 0, "readlink", Access::ReadLink)?;
-                let target = fs::read_link(&path).map_err(|e| io_error("readlink", &path, e))?;
+                let target = path
+                    .read_link()
+                    .map_err(|e| io_error("readlink", path.shown(), e))?;
                 Ok(Value::from(target.to_string_lossy().into_owned()))
             }
             "mkfifo" => {
                 a.expect_count(1, 2)?;
                 let path = self.path(cx, a, 0, "mkfifo", Access::Write)?;
                 let mode: u32 = a.take_opt(1, "mode")?.unwrap_or(0o644);
-                let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
-                nix::unistd::mkfifo(&path, mode)
-                    .map_err(|e| io_error("mkfifo", &path, std::io::Error::from(e)))?;
+                path.mkfifo(mode)
+                    .map_err(|e| io_error("mkfifo", path.shown(), e))?;
                 Ok(Value::Unit)
             }
             "tempdir" => {
@@ -251,39 +258,28 @@ impl Fs {
             "chdir" => {
                 a.expect_count(1, 1)?;
                 let path = self.path(cx, a, 0, "chdir", Access::Read)?;
-                let meta = fs::metadata(&path).map_err(|e| io_error("chdir", &path, e))?;
+                let meta = path
+                    .metadata(true)
+                    .map_err(|e| io_error("chdir", path.shown(), e))?;
                 if !meta.is_dir() {
                     return Err(RemoteError::new(
                         ErrorKind::Io,
-                        format!("chdir {}: not a directory", path.display()),
+                        format!("chdir {}: not a directory", path.shown().display()),
                     ));
                 }
-                self.policy.set_cwd(cx, path.clone());
-                Ok(Value::from(path.to_string_lossy().into_owned()))
+                // Kept as a path, resolved beneath the root again at each use.
+                self.policy.set_cwd(cx, path.shown().to_path_buf());
+                Ok(Value::from(path.shown().to_string_lossy().into_owned()))
             }
             "abspath" => {
                 a.expect_count(1, 1)?;
                 let path = self.path(cx, a, 0, "abspath", Access::ReadLink)?;
-                Ok(Value::from(path.to_string_lossy().into_owned()))
+                Ok(Value::from(path.shown().to_string_lossy().into_owned()))
             }
             "read" => {
                 a.expect_count(1, 1)?;
                 let path = self.path(cx, a, 0, "read", Access::Read)?;
-                let meta = fs::metadata(&path).map_err(|e| io_error("read", &path, e))?;
-                if meta.len() > MAX_WHOLE_READ {
-                    return Err(RemoteError::bad_argument(format!(
-                        "read {}: the file has {} bytes, more than the {} read whole; \
-                         use download or open(...).read_bytes(n)",
-                        path.display(),
-                        meta.len(),
-                        MAX_WHOLE_READ
-                    )));
-                }
-                let data = fs::read(&path).map_err(|e| io_error("read", &path, e))?;
-                Ok(match String::from_utf8(data) {
-                    Ok(text) => Value::Str(text),
-                    Err(e) => Value::Bytes(Bytes::from(e.into_bytes())),
-                })
+                read_whole(&path)
             }
             "write" | "append" => {
                 a.expect_count(2, 2)?;
@@ -298,15 +294,13 @@ impl Fs {
                         )))
                     }
                 };
-                let mut opts = fs::OpenOptions::new();
-                if method == "append" {
-                    opts.append(true).create(true);
-                } else {
-                    opts.write(true).create(true).truncate(true);
-                }
-                let mut file = opts.open(&path).map_err(|e| io_error(method, &path, e))?;
+                let spec = OpenSpec::from_mode(if method == "append" { "a" } else { "w" })
+                    .ok_or_else(|| RemoteError::internal(format!("{method}: no open mode")))?;
+                let mut file = path
+                    .open(spec)
+                    .map_err(|e| io_error(method, path.shown(), e))?;
                 std::io::Write::write_all(&mut file, &data)
-                    .map_err(|e| io_error(method, &path, e))?;
+                    .map_err(|e| io_error(method, path.shown(), e))?;
                 Ok(Value::from(data.len()))
             }
             "upload" => {
@@ -323,11 +317,14 @@ impl Fs {
         }
     }
 
-    fn refuse_root(&self, path: &Path, op: &str) -> Result<(), RemoteError> {
-        if self.policy.root() == Some(path) {
+    fn refuse_root(&self, path: &Target, op: &str) -> Result<(), RemoteError> {
+        if path.is_root() {
             return Err(RemoteError::new(
                 ErrorKind::PermissionDenied,
-                format!("{op} {}: that is the server's file root", path.display()),
+                format!(
+                    "{op} {}: that is the server's file root",
+                    path.shown().display()
+                ),
             ));
         }
         Ok(())
@@ -345,7 +342,7 @@ fn make_tempdir(base: &Path, prefix: &str) -> Result<Value, RemoteError> {
         let n = TEMPDIR_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}{}-{nanos:x}-{n}", std::process::id());
         let dir = base.join(name);
-        let mut builder = fs::DirBuilder::new();
+        let mut builder = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         match builder.create(&dir) {
             Ok(()) => return Ok(Value::from(dir.to_string_lossy().into_owned())),
@@ -359,37 +356,56 @@ fn make_tempdir(base: &Path, prefix: &str) -> Result<Value, RemoteError> {
     ))
 }
 
-fn stat_value(meta: &fs::Metadata) -> Value {
-    let ft = meta.file_type();
-    let kind = if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            "fifo"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_block_device() || ft.is_char_device() {
-            "device"
-        } else {
-            "other"
-        }
-    };
-    let time = |secs: i64, nsecs: i64| Value::Float(secs as f64 + nsecs as f64 * 1e-9);
+/// Reads a regular file whole, at most [`MAX_WHOLE_READ`] bytes: bounded by
+/// what the reads return, not by what `stat` says (`/proc` files, devices).
+/// Anything but a regular file is refused, so a FIFO or device never holds a
+/// thread (the open itself is non-blocking).
+fn read_whole(path: &Target) -> Result<Value, RemoteError> {
+    let file = path
+        .open(OpenSpec {
+            read: true,
+            ..OpenSpec::default()
+        })
+        .map_err(|e| io_error("read", path.shown(), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error("read", path.shown(), e))?;
+    if !meta.is_file() {
+        return Err(RemoteError::bad_argument(format!(
+            "read {}: not a regular file (a FIFO, device or directory is not read whole; \
+             use open(...) for it)",
+            path.shown().display()
+        )));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_WHOLE_READ + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_error("read", path.shown(), e))?;
+    if data.len() as u64 > MAX_WHOLE_READ {
+        return Err(RemoteError::bad_argument(format!(
+            "read {}: the file has more than the {MAX_WHOLE_READ} bytes read whole; \
+             use download or open(...).read_bytes(n)",
+            path.shown().display()
+        )));
+    }
+    Ok(match String::from_utf8(data) {
+        Ok(text) => Value::Str(text),
+        Err(e) => Value::Bytes(Bytes::from(e.into_bytes())),
+    })
+}
+
+fn stat_value(meta: &Stat) -> Value {
+    let time = |(secs, nsecs): (i64, i64)| Value::Float(secs as f64 + nsecs as f64 * 1e-9);
     map(vec![
-        ("kind", kind.into()),
-        ("size", meta.len().into()),
-        ("mode", (meta.mode() & 0o7777).into()),
-        ("uid", meta.uid().into()),
-        ("gid", meta.gid().into()),
-        ("nlink", meta.nlink().into()),
-        ("mtime", time(meta.mtime(), meta.mtime_nsec())),
-        ("atime", time(meta.atime(), meta.atime_nsec())),
-        ("ctime", time(meta.ctime(), meta.ctime_nsec())),
+        ("kind", meta.kind.into()),
+        ("size", meta.size.into()),
+        ("mode", meta.mode.into()),
+        ("uid", meta.uid.into()),
+        ("gid", meta.gid.into()),
+        ("nlink", meta.nlink.into()),
+        ("mtime", time(meta.mtime)),
+        ("atime", time(meta.atime)),
+        ("ctime", time(meta.ctime)),
     ])
 }
 

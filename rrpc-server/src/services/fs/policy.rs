@@ -2,9 +2,13 @@
 //! switch, and each connection's working directory.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 use rrpc_core::{CallContext, ErrorKind, RemoteError};
+
+use super::beneath::Target;
 
 /// What an operation does to the path it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,8 @@ pub enum Access {
 pub struct FsPolicy {
     /// The canonical root directory, when the server is confined to one.
     root: Option<PathBuf>,
+    /// A handle on the root: every confined operation resolves beneath it.
+    root_dir: Option<Arc<Dir>>,
     read_only: bool,
 }
 
@@ -48,7 +54,19 @@ impl FsPolicy {
             }
             None => None,
         };
-        Ok(FsPolicy { root, read_only })
+        let root_dir = match &root {
+            Some(dir) => Some(Arc::new(
+                Dir::open_ambient_dir(dir, ambient_authority()).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("file root {}: {e}", dir.display()))
+                })?,
+            )),
+            None => None,
+        };
+        Ok(FsPolicy {
+            root,
+            root_dir,
+            read_only,
+        })
     }
 
     /// Whether writes are refused.
@@ -94,14 +112,18 @@ impl FsPolicy {
     }
 
     /// Resolves `path` (relative to the connection's working directory) for
-    /// `op`, enforcing the root and the read-only switch.
+    /// `op`, enforcing the read-only switch. Under a root, the result names
+    /// the path relative to the root's directory handle, and every
+    /// operation on it resolves beneath that handle (`openat2` with
+    /// `RESOLVE_BENEATH`, or an `O_NOFOLLOW` walk), so no `..` or symlink,
+    /// however raced, leads out.
     pub fn resolve(
         &self,
         cx: &CallContext,
         op: &str,
         path: &str,
         access: Access,
-    ) -> Result<PathBuf, RemoteError> {
+    ) -> Result<Target, RemoteError> {
         if path.is_empty() {
             return Err(RemoteError::bad_argument(format!("{op}: empty path")));
         }
@@ -114,32 +136,21 @@ impl FsPolicy {
             self.check_writable(op, path)?;
         }
         let full = normalize(&self.cwd(cx).join(path));
-        if let Some(root) = &self.root {
-            let outside = || {
-                RemoteError::new(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "{op} {path:?}: the path is outside the server's file root {}",
-                        root.display()
-                    ),
-                )
-            };
-            if full != *root {
-                // Symlinks may lead out of the root: judge where things really are.
-                let real_parent = full.parent().map_or_else(|| full.clone(), real_prefix);
-                if !real_parent.starts_with(root) {
-                    return Err(outside());
-                }
-                if access != Access::ReadLink {
-                    if let Ok(real) = full.canonicalize() {
-                        if !real.starts_with(root) {
-                            return Err(outside());
-                        }
-                    }
-                }
+        match (&self.root, &self.root_dir) {
+            (Some(root), Some(dir)) => {
+                let rel = full.strip_prefix(root).map_err(|_| {
+                    RemoteError::new(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "{op} {path:?}: the path is outside the server's file root {}",
+                            root.display()
+                        ),
+                    )
+                })?;
+                Ok(Target::beneath(dir.clone(), rel.to_path_buf(), full))
             }
+            _ => Ok(Target::host(full)),
         }
-        Ok(full)
     }
 }
 
@@ -159,30 +170,4 @@ pub fn normalize(path: &Path) -> PathBuf {
         out.push("/");
     }
     out
-}
-
-/// The canonical form of the longest existing ancestor of `path`, with the
-/// rest appended.
-fn real_prefix(path: &Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (
-            existing.file_name().map(|n| n.to_owned()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
 }

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +16,7 @@ use rrpc_core::{Args, CallContext, ErrorKind, Member, Remote, RemoteError, Reply
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::io_error;
+use super::{io_error, OpenSpec, Target};
 
 /// The largest chunk accepted or sent in one call.
 pub const MAX_CHUNK: usize = 8 * 1024 * 1024;
@@ -51,8 +50,8 @@ static NEXT_UPLOAD: AtomicU64 = AtomicU64::new(0);
 /// (the client gave up or went away), the temporary file is removed.
 #[derive(Debug)]
 pub struct Upload {
-    path: PathBuf,
-    tmp: PathBuf,
+    path: Target,
+    tmp: Target,
     turn: watch::Sender<u64>,
     state: Mutex<UploadState>,
 }
@@ -67,20 +66,32 @@ struct UploadState {
 
 impl Upload {
     /// Starts an upload to `path`.
-    pub fn create(path: PathBuf) -> Result<Upload, RemoteError> {
+    pub fn create(path: Target) -> Result<Upload, RemoteError> {
         let name = path
+            .shown()
             .file_name()
             .ok_or_else(|| {
-                RemoteError::bad_argument(format!("upload {}: names no file", path.display()))
+                RemoteError::bad_argument(format!(
+                    "upload {}: names no file",
+                    path.shown().display()
+                ))
             })?
             .to_string_lossy()
             .into_owned();
-        let tmp = path.with_file_name(format!(
+        let tmp = path.with_file_name(&format!(
             ".{name}.rrpc-upload-{}-{}",
             std::process::id(),
             NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = File::create(&tmp).map_err(|e| io_error("upload", &path, e))?;
+        let spec = OpenSpec {
+            write: true,
+            create: true,
+            truncate: true,
+            ..OpenSpec::default()
+        };
+        let file = tmp
+            .open(spec)
+            .map_err(|e| io_error("upload", path.shown(), e))?;
         Ok(Upload {
             path,
             tmp,
@@ -99,11 +110,11 @@ impl Upload {
         let file = state.file.as_mut().ok_or_else(|| {
             RemoteError::new(
                 ErrorKind::Io,
-                format!("upload {}: already finished", self.path.display()),
+                format!("upload {}: already finished", self.path.shown().display()),
             )
         })?;
         file.write_all(data)
-            .map_err(|e| io_error("upload", &self.path, e))?;
+            .map_err(|e| io_error("upload", self.path.shown(), e))?;
         state.hasher.update(data);
         state.written += data.len() as u64;
         Ok(state.written)
@@ -114,34 +125,36 @@ impl Upload {
         let Some(mut file) = state.file.take() else {
             return Err(RemoteError::new(
                 ErrorKind::Io,
-                format!("upload {}: already finished", self.path.display()),
+                format!("upload {}: already finished", self.path.shown().display()),
             ));
         };
         file.flush()
-            .map_err(|e| io_error("upload", &self.path, e))?;
+            .map_err(|e| io_error("upload", self.path.shown(), e))?;
         drop(file);
         let digest = hex(&std::mem::take(&mut state.hasher).finalize());
         if let Some(expected) = expected {
             if !expected.eq_ignore_ascii_case(&digest) {
-                let _ = std::fs::remove_file(&self.tmp);
+                let _ = self.tmp.remove_file();
                 state.finished = true;
                 return Err(RemoteError::new(
                     ErrorKind::Io,
                     format!(
                         "upload {}: checksum mismatch: the client sent SHA-256 {expected}, \
                          the server received {digest} over {} bytes; the file was not written",
-                        self.path.display(),
+                        self.path.shown().display(),
                         state.written
                     ),
                 ));
             }
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_error("upload", &self.path, e))?;
+        self.tmp
+            .rename(&self.path)
+            .map_err(|e| io_error("upload", self.path.shown(), e))?;
         state.finished = true;
         Ok(Value::Map(vec![
             (
                 "path".into(),
-                self.path.to_string_lossy().into_owned().into(),
+                self.path.shown().to_string_lossy().into_owned().into(),
             ),
             ("size".into(), state.written.into()),
             ("sha256".into(), digest.into()),
@@ -154,7 +167,7 @@ impl Drop for Upload {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if !state.finished {
             state.file = None;
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = self.tmp.remove_file();
         }
     }
 }
@@ -222,7 +235,7 @@ impl Remote for Upload {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 state.file = None;
                 state.finished = true;
-                let _ = std::fs::remove_file(&self.tmp);
+                let _ = self.tmp.remove_file();
                 Ok(Value::Unit)
             }),
             other => Reply::err(RemoteError::no_such_method("Upload", other)),
@@ -232,7 +245,7 @@ impl Remote for Upload {
     fn get_attr(self: Arc<Self>, _cx: CallContext, name: &str) -> Reply {
         match name {
             "written" => Reply::ready(*self.turn.borrow()),
-            "path" => Reply::ready(self.path.to_string_lossy().into_owned()),
+            "path" => Reply::ready(self.path.shown().to_string_lossy().into_owned()),
             _ => Reply::err(RemoteError::no_such_attribute("Upload", name)),
         }
     }
@@ -254,7 +267,7 @@ impl Remote for Upload {
 /// A download in progress: chunks are read in order, hashed as they go.
 #[derive(Debug)]
 pub struct Download {
-    path: PathBuf,
+    path: Target,
     size: u64,
     turn: watch::Sender<u64>,
     /// Set when a short read met the end of the file.
@@ -271,15 +284,21 @@ struct DownloadState {
 
 impl Download {
     /// Opens `path` for a download.
-    pub fn open(path: PathBuf) -> Result<Download, RemoteError> {
-        let file = File::open(&path).map_err(|e| io_error("download", &path, e))?;
+    pub fn open(path: Target) -> Result<Download, RemoteError> {
+        let spec = OpenSpec {
+            read: true,
+            ..OpenSpec::default()
+        };
+        let file = path
+            .open(spec)
+            .map_err(|e| io_error("download", path.shown(), e))?;
         let meta = file
             .metadata()
-            .map_err(|e| io_error("download", &path, e))?;
+            .map_err(|e| io_error("download", path.shown(), e))?;
         if meta.is_dir() {
             return Err(RemoteError::new(
                 ErrorKind::Io,
-                format!("download {}: is a directory", path.display()),
+                format!("download {}: is a directory", path.shown().display()),
             ));
         }
         Ok(Download {
@@ -301,7 +320,7 @@ impl Download {
         (&mut state.file)
             .take(len as u64)
             .read_to_end(&mut buf)
-            .map_err(|e| io_error("download", &self.path, e))?;
+            .map_err(|e| io_error("download", self.path.shown(), e))?;
         state.hasher.update(&buf);
         state.sent += buf.len() as u64;
         Ok(Bytes::from(buf))
@@ -361,7 +380,7 @@ impl Remote for Download {
                 Ok(Value::Map(vec![
                     (
                         "path".into(),
-                        self.path.to_string_lossy().into_owned().into(),
+                        self.path.shown().to_string_lossy().into_owned().into(),
                     ),
                     ("size".into(), state.sent.into()),
                     ("sha256".into(), digest.into()),
@@ -374,7 +393,7 @@ impl Remote for Download {
     fn get_attr(self: Arc<Self>, _cx: CallContext, name: &str) -> Reply {
         match name {
             "size" => Reply::ready(self.size),
-            "path" => Reply::ready(self.path.to_string_lossy().into_owned()),
+            "path" => Reply::ready(self.path.shown().to_string_lossy().into_owned()),
             _ => Reply::err(RemoteError::no_such_attribute("Download", name)),
         }
     }
