@@ -105,3 +105,27 @@ async fn a_rename_race_never_lets_a_client_read_or_write_outside() {
     })
     .await
 }
+
+/// A FIFO with no writer and an endless device cannot hold a thread or grow
+/// the server: `fs.read` answers at once, and other calls are served.
+#[tokio::test]
+async fn reads_of_fifos_and_devices_answer_at_once() {
+    within(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let stock = Stock::start(ToolboxOptions::default()).await;
+        let fs = stock.service("fs").await;
+        for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+            let answer = fs
+                .call("read", (path,))
+                .timeout(std::time::Duration::from_secs(5))
+                .await;
+            let err = answer.unwrap_err();
+            assert!(err.remote().is_some(), "{path}: {err}");
+        }
+        let listed = fs.call("listdir", (dir.path().to_str().unwrap(),)).await;
+        assert!(listed.is_ok(), "{listed:?}");
+    })
+    .await
+}
