@@ -322,9 +322,7 @@ where
         Role::Client => {
             writer.write_all(&own_proof).await?;
             writer.flush().await?;
-            let mut verdict = [0u8; 1];
-            reader.read_exact(&mut verdict).await?;
-            if verdict[0] != ACCEPTED {
+            if !read_verdict(reader).await? {
                 return Err(Error::AuthFailed(
                     "the server rejected our proof: the shared secrets differ".into(),
                 ));
@@ -355,9 +353,7 @@ where
             writer.write_all(&[ACCEPTED]).await?;
             writer.write_all(&own_proof).await?;
             writer.flush().await?;
-            let mut verdict = [0u8; 1];
-            reader.read_exact(&mut verdict).await?;
-            if verdict[0] != ACCEPTED {
+            if !read_verdict(reader).await? {
                 return Err(Error::AuthFailed(
                     "the client rejected our proof: the shared secrets differ".into(),
                 ));
@@ -365,6 +361,13 @@ where
             Ok(())
         }
     }
+}
+
+/// Reads the peer's verdict on our proof: whether it passed.
+async fn read_verdict<R: AsyncRead + Unpin>(reader: &mut R) -> Result<bool, Error> {
+    let mut verdict = [0u8; 1];
+    reader.read_exact(&mut verdict).await?;
+    Ok(verdict[0] == ACCEPTED)
 }
 
 fn verdict_byte(ok: bool) -> u8 {
