@@ -5,8 +5,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
 use rrpc_client::Error;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
@@ -25,13 +26,7 @@ async fn start_server(fds: u32) -> (Child, String) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next_line().await.unwrap().expect("the ready line");
-    let addr = line
-        .strip_prefix("rrpc-server listening on ")
-        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
-        .to_owned();
+    let addr = common::ready_addr(&mut child).await;
     (child, addr)
 }
 

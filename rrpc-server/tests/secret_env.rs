@@ -5,9 +5,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
 use rrpc_client::{Config, ConnectOptions, Value};
 use rrpc_core::handshake::Secret;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const SECRET: &str = "a long and very secret passphrase";
@@ -23,17 +24,10 @@ async fn the_secret_from_the_environment_is_never_handed_out() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let line = BufReader::new(stdout)
-            .lines()
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the ready line");
-        let addr = line.strip_prefix("rrpc-server listening on ").unwrap();
+        let addr = common::ready_addr(&mut child).await;
         let options = ConnectOptions::default()
             .config(Config::default().with_secret(Secret::new(SECRET).unwrap()));
-        let conn = rrpc_client::connect_with(addr, options).await.unwrap();
+        let conn = rrpc_client::connect_with(&addr, options).await.unwrap();
         let sys = conn.root().get("sys").await.unwrap().into_proxy().unwrap();
         let env = sys.get("env").await.unwrap().into_proxy().unwrap();
         assert_eq!(

@@ -75,3 +75,19 @@ pub fn i(value: &Value, key: &str) -> i64 {
         .and_then(Value::as_i64)
         .unwrap_or_else(|| panic!("no int {key} in {value:?}"))
 }
+
+/// Waits for a spawned `rrpc-server`'s ready line on its piped stdout and
+/// returns the address it names.
+pub async fn ready_addr(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let line = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the ready line");
+    line.strip_prefix("rrpc-server listening on ")
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .to_owned()
+}
