@@ -36,6 +36,9 @@ pub struct AdmissionLimits {
     pub auth_failures: u32,
     /// How long failures are counted, and how long a lockout lasts.
     pub lockout: Duration,
+    /// How old a handshake must be before a newcomer may evict it, so that a
+    /// burst of real clients from one address never evicts itself.
+    pub pending_grace: Duration,
 }
 
 impl Default for AdmissionLimits {
@@ -47,6 +50,7 @@ impl Default for AdmissionLimits {
             pending_per_peer: 8,
             auth_failures: 10,
             lockout: Duration::from_secs(60),
+            pending_grace: Duration::from_secs(1),
         }
     }
 }
@@ -100,6 +104,7 @@ struct State {
 struct Pending {
     ticket: u64,
     evict: CancellationToken,
+    since: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,12 +149,21 @@ impl Gate {
                 });
             }
         }
+        let grace = self.limits.pending_grace;
+        // Full slots are freed first from handshakes that have had their
+        // chance; a young burst is admitted beyond the pending limits, which
+        // the connection limits still bound.
         if state.admitted_total >= self.limits.total {
-            return Err(Refusal::Full {
-                limit: self.limits.total,
-            });
+            let busiest = state.busiest_pending();
+            if !busiest.is_some_and(|b| state.evict_aged_of(b, grace, now)) {
+                return Err(Refusal::Full {
+                    limit: self.limits.total,
+                });
+            }
         }
-        if state.admitted.get(&peer).copied().unwrap_or(0) >= self.limits.per_peer {
+        if state.admitted.get(&peer).copied().unwrap_or(0) >= self.limits.per_peer
+            && !state.evict_aged_of(peer, grace, now)
+        {
             return Err(Refusal::PeerFull {
                 peer,
                 limit: self.limits.per_peer,
@@ -157,10 +171,10 @@ impl Gate {
         }
         let mine = state.pending.get(&peer).map_or(0, VecDeque::len);
         if mine >= self.limits.pending_per_peer {
-            state.evict_oldest_of(peer);
+            state.evict_aged_of(peer, grace, now);
         } else if state.pending_total >= self.limits.pending {
             if let Some(busiest) = state.busiest_pending() {
-                state.evict_oldest_of(busiest);
+                state.evict_aged_of(busiest, grace, now);
             }
         }
         state.next_ticket += 1;
@@ -169,6 +183,7 @@ impl Gate {
         state.pending.entry(peer).or_default().push_back(Pending {
             ticket,
             evict: evicted.clone(),
+            since: now,
         });
         state.pending_total += 1;
         *state.admitted.entry(peer).or_insert(0) += 1;
@@ -232,18 +247,39 @@ impl State {
             .map(|(peer, _)| *peer)
     }
 
-    fn evict_oldest_of(&mut self, peer: IpAddr) {
+    /// Evicts the oldest pending handshake of `peer` if it is older than
+    /// `grace`, giving its slots back at once; whether one was evicted.
+    fn evict_aged_of(&mut self, peer: IpAddr, grace: Duration, now: Instant) -> bool {
         let Some(queue) = self.pending.get_mut(&peer) else {
-            return;
+            return false;
         };
+        let aged = queue
+            .front()
+            .is_some_and(|oldest| now.saturating_duration_since(oldest.since) >= grace);
+        if !aged {
+            return false;
+        }
         if let Some(oldest) = queue.pop_front() {
+            // Its Admission sees the cancellation and does not release again.
             oldest.evict.cancel();
-            self.pending_total -= 1;
-            tracing::debug!(%peer, "evicted a pending handshake to make room");
         }
         if queue.is_empty() {
             self.pending.remove(&peer);
         }
+        self.pending_total -= 1;
+        self.release(peer);
+        tracing::debug!(%peer, "evicted a pending handshake to make room");
+        true
+    }
+
+    fn release(&mut self, peer: IpAddr) {
+        if let Some(n) = self.admitted.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.admitted.remove(&peer);
+            }
+        }
+        self.admitted_total -= 1;
     }
 
     fn leave_pending(&mut self, peer: IpAddr, ticket: u64) {
@@ -295,14 +331,13 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
-        state.leave_pending(self.peer, self.ticket);
-        if let Some(n) = state.admitted.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                state.admitted.remove(&self.peer);
-            }
+        // An evicted connection's slots were given back when it was evicted
+        // (under this lock, so the check cannot race the eviction).
+        if self.evicted.is_cancelled() {
+            return;
         }
-        state.admitted_total -= 1;
+        state.leave_pending(self.peer, self.ticket);
+        state.release(self.peer);
     }
 }
 
@@ -323,6 +358,7 @@ mod tests {
     fn a_full_pending_queue_evicts_its_own_oldest_not_the_newcomer() {
         let g = gate(AdmissionLimits {
             pending_per_peer: 2,
+            pending_grace: Duration::ZERO,
             ..AdmissionLimits::default()
         });
         let first = g.admit(ip(1)).unwrap();
@@ -330,19 +366,27 @@ mod tests {
         let third = g.admit(ip(1)).unwrap();
         assert!(first.evicted.is_cancelled());
         assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
-        assert_eq!(
-            g.counts(),
-            (3, 2),
-            "the evicted one stays admitted until dropped"
-        );
+        assert_eq!(g.counts(), (2, 2), "the evicted one's slots are given back");
         drop(first);
-        assert_eq!(g.counts(), (2, 2));
+        assert_eq!(g.counts(), (2, 2), "and not given back twice");
+    }
+
+    #[test]
+    fn a_burst_of_young_handshakes_evicts_nobody() {
+        let g = gate(AdmissionLimits {
+            pending_per_peer: 2,
+            ..AdmissionLimits::default()
+        });
+        let burst: Vec<_> = (0..5).map(|_| g.admit(ip(1)).unwrap()).collect();
+        assert!(burst.iter().all(|a| !a.evicted.is_cancelled()));
+        assert_eq!(g.counts(), (5, 5));
     }
 
     #[test]
     fn the_busiest_address_pays_when_the_server_is_full_of_handshakes() {
         let g = gate(AdmissionLimits {
             pending: 3,
+            pending_grace: Duration::ZERO,
             ..AdmissionLimits::default()
         });
         let a1 = g.admit(ip(1)).unwrap();
@@ -358,6 +402,7 @@ mod tests {
     fn an_authenticated_connection_is_never_evicted() {
         let g = gate(AdmissionLimits {
             pending_per_peer: 1,
+            pending_grace: Duration::ZERO,
             ..AdmissionLimits::default()
         });
         let served = g.admit(ip(1)).unwrap();
@@ -366,7 +411,7 @@ mod tests {
         let _after = g.admit(ip(1)).unwrap();
         assert!(!served.evicted.is_cancelled());
         assert!(next.evicted.is_cancelled());
-        assert_eq!(g.counts(), (3, 1));
+        assert_eq!(g.counts(), (2, 1));
     }
 
     #[test]

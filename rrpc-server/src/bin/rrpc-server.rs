@@ -195,6 +195,7 @@ async fn run(cli: Cli) -> ExitCode {
             pending_per_peer: cli.max_pending_per_peer,
             auth_failures: cli.auth_failures.max(1),
             lockout,
+            ..AdmissionLimits::default()
         },
         Err(e) => {
             eprintln!("rrpc-server: {e}");
